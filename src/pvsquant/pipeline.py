@@ -1,0 +1,185 @@
+"""run_subject(): one subject from T1 + T2 to regions and network inputs.
+
+Stages (each its own module, data flowing one way):
+load/check (io) -> rigid T1->T2 (registration) -> labels on the T1 (anatomy)
+-> counting regions on the T2 (regions) -> network inputs (roi) -> outputs + qc.json.
+Everything is written into a temporary folder that replaces ``out_dir`` only when the
+whole run succeeded.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from . import __version__
+from .anatomy import segment_anatomy, structure_volumes_ml
+from .figures import plot_regions_mosaic
+from .io import atomic_output_dir, check_pair_overlap, load_volume, save_volume, write_json
+from .regions import make_regions, regions_on_grid
+from .registration import register_t1_to_t2
+from .roi import crop_regions
+from .types import QCFlag, RegionCrop, Settings, SubjectInputs, Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTimer:
+    """Logs each stage and keeps its duration (seconds)."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        log.info("[%s] %s ...", name, what)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 2)
+        log.info("[%s] done in %.1f s", name, self.timings[name])
+
+
+@dataclass(frozen=True)
+class SubjectResult:
+    """What run_subject() produced (paths are in the final output folder)."""
+
+    out_dir: Path
+    qc: dict[str, Any]
+    crops: dict[str, RegionCrop]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "scipy", "nibabel", "SimpleITK", "antspyx", "deepbet", "torch", "scikit-image"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def describe_input(volume: Volume) -> dict[str, Any]:
+    return {
+        "path": str(volume.source) if volume.source else None,
+        "shape": list(volume.shape),
+        "spacing_mm": [round(float(s), 4) for s in volume.spacing_mm],
+        "orientation": "".join(nib.aff2axcodes(volume.affine)),
+        "affine": np.round(volume.affine, 5).tolist(),
+    }
+
+
+def input_flags(t1: Volume, t2: Volume, overlap: float, settings: Settings) -> list[QCFlag]:
+    """Usable but doubtful inputs: thick slices, partial overlap."""
+    flags = []
+    for role, vol in (("T1", t1), ("T2", t2)):
+        thickest = float(vol.spacing_mm.max())
+        if thickest > settings.thick_slice_warn_mm:
+            flags.append(QCFlag(f"thick_slices_{role.lower()}",
+                                f"{role} has {thickest:.1f} mm slices (> {settings.thick_slice_warn_mm:g} mm); "
+                                "small PVS may be missed"))
+    if overlap < settings.overlap_warn_fraction:
+        flags.append(QCFlag("partial_overlap", f"only {100 * overlap:.0f}% of the T2 lies inside the T1's field of view"))
+    return flags
+
+
+def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings = Settings(),
+                overwrite: bool = False) -> SubjectResult:
+    """Run the pipeline for one subject and write its outputs to ``out_dir``.
+
+    Raises
+    ------
+    PvsError subclasses for bad input (nothing is written then).
+    """
+    out_dir = Path(out_dir)
+    timer = StageTimer()
+    t_start = time.perf_counter()
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        with timer.stage("load", "reading and checking the T1 and T2"):
+            t1 = load_volume(inputs.t1, "T1")
+            t2 = load_volume(inputs.t2, "T2")
+            user_labels = load_volume(inputs.labels, "label map", labels=True) if inputs.labels else None
+            overlap = check_pair_overlap(t1, t2)
+            flags = input_flags(t1, t2, overlap, settings)
+
+        with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information)"):
+            transform = register_t1_to_t2(t1, t2, settings)
+            log.info("  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
+                     transform.rotation_deg, transform.translation_mm, transform.score, transform.initial_score)
+            if -transform.score < settings.registration_min_mi:
+                flags.append(QCFlag("registration_poor",
+                                    f"T1-T2 mutual information {-transform.score:.2f} is below "
+                                    f"{settings.registration_min_mi:g}; check registration"))
+
+        method = "labels" if user_labels is not None else settings.segmenter
+        with timer.stage("anatomy", f"anatomical labels from the T1 ({method})"):
+            anatomy = segment_anatomy(t1, settings, labels=user_labels)
+            save_volume(anatomy.labels, tmp / "anatomy.nii.gz", dtype=np.int16)
+
+        with timer.stage("regions", "counting regions on the T2 (CSO, basal ganglia, hippocampi, midbrain)"):
+            regions = make_regions(anatomy, transform, t2, settings)
+            flags.extend(regions.flags)
+            regions_t2 = regions_on_grid(regions, t2.affine, t2.shape)
+            save_volume(regions_t2, tmp / "regions.nii.gz", dtype=np.uint8)
+            for name, ml in regions.volumes_ml.items():
+                log.info("  %-18s %7.1f ml", name, ml)
+
+        with timer.stage("roi", "network inputs: T2 at 0.5x0.5x0.8 mm, masked, cropped, normalised"):
+            crops = crop_regions(t2, regions, settings)
+            roi_info = {}
+            for name, crop in crops.items():
+                save_volume(crop.image, tmp / "roi" / f"{name}.nii.gz", dtype=np.float32)
+                save_volume(crop.mask, tmp / "roi" / f"{name}_mask.nii.gz", dtype=np.float32)
+                roi_info[name] = {"file": f"roi/{name}.nii.gz", "shape": list(crop.box_shape),
+                                  "box_start": list(crop.box_start), "clipped": crop.clipped}
+                if crop.clipped:
+                    flags.append(QCFlag(f"roi_clipped_{name}", f"region {name} is larger than its "
+                                        f"{settings.roi_box_mm[name]} mm box and was cut"))
+
+        with timer.stage("figures", "regions.png"):
+            plot_regions_mosaic(t2, regions_t2, tmp / "regions.png",
+                                title=f"{inputs.subject_id or t2.source.name}: regions on T2")
+
+        timer.timings["total"] = round(time.perf_counter() - t_start, 2)
+        qc = {
+            "pvsquant_version": __version__,
+            "subject": inputs.subject_id,
+            "status": "warn" if flags else "pass",
+            "flags": [{"code": f.code, "message": f.message, "severity": f.severity} for f in flags],
+            "inputs": {"t1": describe_input(t1), "t2": describe_input(t2),
+                       "labels": str(inputs.labels) if inputs.labels else None,
+                       "t2_fov_inside_t1_fraction": round(overlap, 3)},
+            "registration": {"method": "SimpleITK Euler3D, Mattes MI", "mattes_mi": round(transform.score, 4),
+                             "mattes_mi_headers": round(transform.initial_score, 4),
+                             "rotation_deg": round(transform.rotation_deg, 3),
+                             "translation_mm": round(transform.translation_mm, 3),
+                             "t2_to_t1_world": np.round(transform.t2_to_t1, 6).tolist()},
+            "anatomy": {"method": anatomy.method, "structure_volumes_ml":
+                        {k: round(v, 2) for k, v in structure_volumes_ml(anatomy).items()},
+                        "superior_axis_t1_world": np.round(anatomy.superior_axis, 4).tolist()},
+            "regions": {"volumes_ml": {k: round(v, 2) for k, v in regions.volumes_ml.items()},
+                        "caudate_top_mm": None if regions.caudate_top_mm is None else round(regions.caudate_top_mm, 2),
+                        "cso_slab_mm_above_caudate": [settings.cso_offset_mm,
+                                                      settings.cso_offset_mm + settings.cso_slab_thickness_mm],
+                        "superior_axis_t2_world": np.round(regions.superior_axis_t2, 4).tolist()},
+            "roi": roi_info,
+            "timings_s": timer.timings,
+            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "versions": package_versions(),
+            "settings": settings.to_json(),
+        }
+        for flag in flags:
+            log.warning("QC: %s", flag.message)
+        write_json(settings.to_json(), tmp / "settings.json")
+        write_json(qc, tmp / "qc.json")
+    log.info("outputs in %s (%.1f s)", out_dir, timer.timings["total"])
+    return SubjectResult(out_dir=out_dir, qc=qc, crops=crops)

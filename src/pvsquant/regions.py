@@ -1,0 +1,128 @@
+"""Regions in which PVS are counted, defined on a 1 mm working grid aligned with the T2.
+
+Definitions (codes of ``regions.nii.gz``)
+-----------------------------------------
+1 centrum_semiovale
+    Cerebral white matter (incl. WM lesions) in a slab perpendicular to the head's
+    superior axis, from ``cso_offset_mm`` (10 mm) to ``cso_offset_mm + cso_slab_thickness_mm``
+    (10-30 mm) above the top of the caudate nuclei. Heights are measured along the head's
+    superior axis in world coordinates (from the atlas registration; world +S when the
+    labels come from the user), never along voxel rows of an oblique scan.
+2 basal_ganglia
+    Caudate, putamen, pallidum and thalamus, plus the internal capsule between them:
+    the white-matter voxels that a morphological closing (ball of
+    ``basal_ganglia_closing_mm``) of those four structures adds.
+3 hippocampi
+    Left and right hippocampus.
+4 midbrain
+    FreeSurfer code 173, or the top ``midbrain_height_mm`` of the brainstem (16).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from . import anatomy as an
+from .grids import ball, reslice_affine, resample, resample_labels
+from .types import REGION_CODES, Anatomy, QCFlag, RigidTransform, Settings, Volume
+
+EXPECTED_VOLUME_ML = {
+    "centrum_semiovale": (40.0, 300.0),
+    "basal_ganglia": (20.0, 90.0),
+    "hippocampi": (3.0, 16.0),
+    "midbrain": (2.0, 20.0),
+}
+"""Plausible adult volumes (ml); outside them a QC flag is raised, not an error."""
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Region codes on the working grid, with what was measured while making them."""
+
+    work: Volume
+    superior_axis_t2: np.ndarray
+    caudate_top_mm: float | None
+    volumes_ml: dict[str, float]
+    flags: tuple[QCFlag, ...]
+
+
+def work_grid(t2: Volume, spacing_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Isotropic grid with the T2's axes and field of view."""
+    return reslice_affine(t2.affine, t2.shape, (spacing_mm,) * 3)
+
+
+def heights_mm(affine: np.ndarray, shape: tuple[int, ...], axis: np.ndarray) -> np.ndarray:
+    """Height of every voxel centre along the unit vector ``axis`` (world mm)."""
+    steps = np.asarray(affine)[:3, :3].T @ axis
+    i, j, k = (np.arange(n, dtype=np.float32) for n in shape[:3])
+    return (i[:, None, None] * steps[0] + j[None, :, None] * steps[1] + k[None, None, :] * steps[2]
+            + float(np.asarray(affine)[:3, 3] @ axis)).astype(np.float32)
+
+
+def basal_ganglia_mask(labels: np.ndarray, spacing_mm: np.ndarray, closing_mm: float) -> np.ndarray:
+    """Deep grey nuclei plus the white matter (internal capsule) that closing them adds."""
+    nuclei = np.isin(labels, an.CAUDATE + an.PUTAMEN + an.PALLIDUM + an.THALAMUS)
+    if not nuclei.any():
+        return nuclei
+    element = ball(closing_mm, spacing_mm)
+    pad = max(element.shape)
+    closed = ndimage.binary_closing(np.pad(nuclei, pad), structure=element)[pad:-pad, pad:-pad, pad:-pad]
+    capsule = closed & np.isin(labels, an.WM)
+    return nuclei | capsule
+
+
+def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settings: Settings = Settings()
+                 ) -> Regions:
+    """Counting regions on a T2-aligned working grid (see module docstring)."""
+    affine, shape = work_grid(t2, settings.work_spacing_mm)
+    labels = resample_labels(anatomy.labels, affine, shape, target_to_source_world=transform.t2_to_t1).array
+    spacing = np.full(3, settings.work_spacing_mm)
+
+    rot = transform.t2_to_t1[:3, :3]
+    superior = rot.T @ np.asarray(anatomy.superior_axis, dtype=float)
+    superior /= np.linalg.norm(superior)
+
+    regions = np.zeros(shape, dtype=np.uint8)
+    flags: list[QCFlag] = []
+
+    caudate = np.isin(labels, an.CAUDATE)
+    caudate_top = None
+    if caudate.any():
+        height = heights_mm(affine, shape, superior)
+        caudate_top = float(height[caudate].max())
+        low = caudate_top + settings.cso_offset_mm
+        high = low + settings.cso_slab_thickness_mm
+        cso = np.isin(labels, an.WM + (an.WM_LESION,)) & (height >= low) & (height <= high)
+        regions[cso] = REGION_CODES["centrum_semiovale"]
+        del height
+    regions[basal_ganglia_mask(labels, spacing, settings.basal_ganglia_closing_mm)] = REGION_CODES["basal_ganglia"]
+    regions[np.isin(labels, an.HIPPOCAMPUS)] = REGION_CODES["hippocampi"]
+    regions[labels == an.MIDBRAIN] = REGION_CODES["midbrain"]
+
+    vox_ml = settings.work_spacing_mm ** 3 / 1000.0
+    volumes = {name: float((regions == code).sum() * vox_ml) for name, code in REGION_CODES.items()}
+    for name, (lo, hi) in EXPECTED_VOLUME_ML.items():
+        v = volumes[name]
+        if v == 0:
+            flags.append(QCFlag(f"region_missing_{name}", f"region {name} is empty; it will not be counted", "warn"))
+        elif not lo <= v <= hi:
+            flags.append(QCFlag(f"region_volume_{name}",
+                                f"region {name} measures {v:.1f} ml; expected {lo:g}-{hi:g} ml", "warn"))
+    if caudate_top is not None and volumes["centrum_semiovale"] > 0:
+        # The slab must lie inside the T2's field of view, or it is cut.
+        height_top = caudate_top + settings.cso_offset_mm + settings.cso_slab_thickness_mm
+        corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+        fov_top = float((corners @ affine[:3, :3].T + affine[:3, 3]).dot(superior).max())
+        if fov_top < height_top:
+            flags.append(QCFlag("cso_slab_outside_fov",
+                                f"the centrum semiovale slab reaches {height_top - fov_top:.0f} mm above the T2's "
+                                "field of view; the region is cut", "warn"))
+    return Regions(Volume(regions, affine), superior, caudate_top, volumes, tuple(flags))
+
+
+def regions_on_grid(regions: Regions, affine: np.ndarray, shape: tuple[int, ...]) -> Volume:
+    """Region codes (nearest neighbour) on another grid of the T2 world, e.g. the T2 itself."""
+    out = resample(regions.work, affine, shape, order=0)
+    return out.with_array(out.array.astype(np.uint8))

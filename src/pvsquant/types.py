@@ -1,0 +1,176 @@
+"""Typed objects passed between pipeline stages.
+
+Arrays never travel without their affine: a :class:`Volume` is an array in voxel order
+(x, y, z) plus the 4x4 voxel-to-world (RAS+, mm) affine that nibabel gives.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REGION_CODES: dict[str, int] = {
+    "centrum_semiovale": 1,
+    "basal_ganglia": 2,
+    "hippocampi": 3,
+    "midbrain": 4,
+}
+"""Label values of ``regions.nii.gz``; the names are those of ``counts.tsv``."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image with its voxel-to-world affine.
+
+    Parameters
+    ----------
+    array : (X, Y, Z) array in the voxel order of ``affine``.
+    affine : (4, 4) voxel -> RAS+ mm.
+    source : file the volume was read from, if any.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume array must be 3D, got shape {self.array.shape}")
+        if np.asarray(self.affine).shape != (4, 4):
+            raise ValueError(f"Volume affine must be 4x4, got {np.asarray(self.affine).shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        """Voxel size along each array axis, from the affine's column norms."""
+        return np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(np.asarray(self.affine)[:3, :3])) / 1000.0)
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """A new volume on the same grid holding ``array``."""
+        return Volume(array, self.affine, self.source)
+
+
+@dataclass(frozen=True)
+class RigidTransform:
+    """Rigid map between the world spaces of the T2 and the T1.
+
+    ``t2_to_t1`` maps a RAS+ point (mm) of the T2 world to the same anatomical point
+    in the T1 world; it is what resampling T1-space data onto a T2 grid needs.
+    """
+
+    t2_to_t1: np.ndarray
+    score: float
+    """Mattes mutual information at the solution (more negative is better)."""
+    initial_score: float
+
+    @property
+    def rotation_deg(self) -> float:
+        r = self.t2_to_t1[:3, :3]
+        return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0))))
+
+    @property
+    def translation_mm(self) -> float:
+        return float(np.linalg.norm(self.t2_to_t1[:3, 3]))
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Anatomical labels (FreeSurfer codes) on the T1 grid.
+
+    ``superior_axis`` is the head's superior direction as a unit vector in T1 world
+    coordinates (from the atlas registration, or world +S when unknown).
+    """
+
+    labels: Volume
+    method: str
+    superior_axis: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
+    brain_mask: Volume | None = None
+
+
+@dataclass(frozen=True)
+class RegionCrop:
+    """A network input: a box of the resampled T2 around one region.
+
+    ``image`` is min-max normalised to [0, 1] inside the region; ``mask`` the smoothed,
+    dilated region mask that multiplied it; both share the box's affine, which places
+    the box in T2 world space. ``box_start`` and ``box_shape`` index the full
+    0.5 x 0.5 x 0.8 mm grid whose affine is ``grid_affine``.
+    """
+
+    region: str
+    image: Volume
+    mask: Volume
+    grid_affine: np.ndarray
+    box_start: tuple[int, int, int]
+    box_shape: tuple[int, int, int]
+    clipped: bool
+    """True when the region did not fit in the box and was cut."""
+
+
+@dataclass(frozen=True)
+class QCFlag:
+    """Usable but doubtful data, reported in ``qc.json``."""
+
+    code: str
+    message: str
+    severity: str = "warn"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of a run. Built once (by the CLI), passed explicitly, saved as JSON."""
+
+    segmenter: str = "atlas"
+    """'atlas' (template registration, default), 'samseg' (external run_samseg) or 'labels'."""
+    threads: int = 2
+    seed: int = 0
+    # registration T1 -> T2
+    registration_levels: tuple[int, ...] = (4, 2, 1)
+    registration_iterations: int = 200
+    registration_sampling: float = 0.2
+    # network-input grid and regions
+    target_spacing_mm: tuple[float, float, float] = (0.5, 0.5, 0.8)
+    work_spacing_mm: float = 1.0
+    cso_offset_mm: float = 10.0
+    cso_slab_thickness_mm: float = 20.0
+    basal_ganglia_closing_mm: float = 5.0
+    midbrain_height_mm: float = 20.0
+    roi_dilation_mm: float = 2.0
+    roi_smoothing_sigma_mm: float = 1.0
+    roi_box_mm: dict[str, tuple[float, float, float]] = field(
+        default_factory=lambda: {
+            "centrum_semiovale": (160.0, 190.0, 64.0),
+            "basal_ganglia": (96.0, 96.0, 72.0),
+            "hippocampi": (112.0, 80.0, 64.0),
+            "midbrain": (48.0, 48.0, 40.0),
+        }
+    )
+    # QC thresholds
+    thick_slice_warn_mm: float = 6.0
+    registration_min_mi: float = 0.25
+    """Flag when the registration's mutual information is weaker than this (|Mattes MI|)."""
+    overlap_warn_fraction: float = 0.8
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass(frozen=True)
+class SubjectInputs:
+    """What one subject's run needs."""
+
+    t1: Path
+    t2: Path
+    labels: Path | None = None
+    subject_id: str | None = None
