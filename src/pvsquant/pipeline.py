@@ -29,7 +29,7 @@ from .io import atomic_output_dir, check_pair_overlap, load_volume, save_volume,
 from .regions import make_regions, regions_on_grid
 from .registration import register_t1_to_t2
 from .roi import crop_regions
-from .types import QCFlag, RegionCrop, Settings, SubjectInputs, Volume
+from .types import QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,14 @@ def input_flags(t1: Volume, t2: Volume, overlap: float, settings: Settings) -> l
     return flags
 
 
+def registration_flags(transform: RigidTransform, settings: Settings) -> list[QCFlag]:
+    """A flag when the T1-T2 mutual information at the solution is weak."""
+    if -transform.score < settings.registration_min_mi:
+        return [QCFlag("registration_poor", f"T1-T2 mutual information {-transform.score:.2f} is below "
+                       f"{settings.registration_min_mi:g}; check the registration in regions.png")]
+    return []
+
+
 def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings = Settings(),
                 overwrite: bool = False) -> SubjectResult:
     """Run the pipeline for one subject and write its outputs to ``out_dir``.
@@ -115,10 +123,7 @@ def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings =
             transform = register_t1_to_t2(t1, t2, settings)
             log.info("  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
                      transform.rotation_deg, transform.translation_mm, transform.score, transform.initial_score)
-            if -transform.score < settings.registration_min_mi:
-                flags.append(QCFlag("registration_poor",
-                                    f"T1-T2 mutual information {-transform.score:.2f} is below "
-                                    f"{settings.registration_min_mi:g}; check registration"))
+            flags.extend(registration_flags(transform, settings))
 
         method = "labels" if user_labels is not None else settings.segmenter
         with timer.stage("anatomy", f"anatomical labels from the T1 ({method})"):

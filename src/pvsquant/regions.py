@@ -94,7 +94,7 @@ def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settin
         caudate_top = float(height[caudate].max())
         low = caudate_top + settings.cso_offset_mm
         high = low + settings.cso_slab_thickness_mm
-        cso = np.isin(labels, an.WM + (an.WM_LESION,)) & (height >= low) & (height <= high)
+        cso = np.isin(labels, an.WM + (an.WM_LESION,)) & (height >= low) & (height < high)
         regions[cso] = REGION_CODES["centrum_semiovale"]
         del height
     regions[basal_ganglia_mask(labels, spacing, settings.basal_ganglia_closing_mm)] = REGION_CODES["basal_ganglia"]

@@ -134,6 +134,10 @@ class Settings:
     segmenter: str = "atlas"
     """'atlas' (template registration, default), 'samseg' (external run_samseg) or 'labels'."""
     threads: int = 2
+    atlas_syn_iterations: tuple[int, ...] = (40, 20, 0)
+    """ANTs SyN iterations per level (1.5 mm grid shrunk 4x, 2x, 1x)."""
+    refine_labels: bool = True
+    """Refine the atlas labels by the T1's intensities (EM with the atlas as spatial prior)."""
     seed: int = 0
     # registration T1 -> T2
     registration_levels: tuple[int, ...] = (4, 2, 1)
@@ -158,8 +162,9 @@ class Settings:
     )
     # QC thresholds
     thick_slice_warn_mm: float = 6.0
-    registration_min_mi: float = 0.25
-    """Flag when the registration's mutual information is weaker than this (|Mattes MI|)."""
+    registration_min_mi: float = 0.45
+    """Flag when |Mattes MI| at the solution is below this. On the example pair: 0.80 aligned,
+    0.31 when misaligned by 10 degrees and 15 mm."""
     overlap_warn_fraction: float = 0.8
 
     def to_json(self) -> dict[str, Any]:

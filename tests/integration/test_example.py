@@ -1,0 +1,101 @@
+"""End-to-end on the real example patient shipped in the package (clinical 3 mm T1, 4 mm T2)."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pvsquant.cli import example_inputs, main
+from pvsquant.io import load_volume
+from pvsquant.regions import EXPECTED_VOLUME_ML
+from pvsquant.registration import register_t1_to_t2, rigid_from_parameters, transform_error
+from pvsquant.types import REGION_CODES, Volume
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def example():
+    inputs = example_inputs()
+    return inputs, load_volume(inputs.t1, "T1"), load_volume(inputs.t2, "T2")
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "sub-example"
+    assert main(["demo", "--out", str(out)]) == 0
+    return out
+
+
+def brain_box(t2: Volume) -> np.ndarray:
+    centre = t2.affine[:3, :3] @ ((np.asarray(t2.shape) - 1) / 2) + t2.affine[:3, 3]
+    return np.array([centre + [x, y, z] for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
+
+
+@pytest.mark.parametrize("angles, shift", [((10.0, 0.0, 0.0), (15.0, 0.0, 0.0)),
+                                           ((-6.0, 5.0, 8.0), (-8.0, 10.0, -7.0))])
+def test_registration_recovers_known_perturbation(example, angles, shift):
+    _, t1, t2 = example
+    reference = register_t1_to_t2(t1, t2)
+    # the scanner headers already align this pair within about a millimetre
+    assert transform_error(reference.t2_to_t1, np.eye(4), brain_box(t2))[0] < 2.0
+    centre = tuple(brain_box(t2).mean(axis=0))
+    perturb = rigid_from_parameters(angles, shift, centre)
+    moved = Volume(t1.array, perturb @ t1.affine)
+    result = register_t1_to_t2(moved, t2)
+    dist, angle = transform_error(result.t2_to_t1, perturb @ reference.t2_to_t1, brain_box(t2))
+    assert dist < 1.0, f"max displacement error {dist:.2f} mm"
+    assert angle < 1.0, f"rotation error {angle:.2f} deg"
+
+
+def test_demo_outputs(demo_out, example):
+    _, t1, t2 = example
+    regions = nib.load(str(demo_out / "regions.nii.gz"))
+    assert regions.shape == t2.shape
+    np.testing.assert_allclose(regions.affine, t2.affine, atol=1e-4)
+    codes = np.asarray(regions.dataobj)
+    for name, code in REGION_CODES.items():
+        assert (codes == code).sum() > 0, name
+    anatomy = nib.load(str(demo_out / "anatomy.nii.gz"))
+    assert anatomy.shape == t1.shape
+    labels = set(np.unique(np.asarray(anatomy.dataobj)).tolist())
+    assert {2, 41, 4, 43, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 173} <= labels
+    qc = json.loads((demo_out / "qc.json").read_text())
+    for name, (lo, hi) in EXPECTED_VOLUME_ML.items():
+        assert lo <= qc["regions"]["volumes_ml"][name] <= hi, name
+    assert qc["registration"]["mattes_mi"] < -0.6
+    assert qc["registration"]["translation_mm"] < 3
+    # head's superior axis from the atlas is close to the scanner's
+    assert np.dot(qc["regions"]["superior_axis_t2_world"], [0, 0, 1]) > 0.9
+    for name in REGION_CODES:
+        roi = nib.load(str(demo_out / "roi" / f"{name}.nii.gz"))
+        assert roi.shape == tuple(qc["roi"][name]["shape"])
+        assert not qc["roi"][name]["clipped"], name
+    assert (demo_out / "regions.png").stat().st_size > 50_000
+
+
+def test_user_labels_reproduce_the_atlas_regions(demo_out, example, tmp_path):
+    """--labels with the demo's own anatomy.nii.gz gives the same basal ganglia and hippocampi."""
+    inputs, _, _ = example
+    out = tmp_path / "labels_run"
+    assert main(["run", "--t1", str(inputs.t1), "--t2", str(inputs.t2),
+                 "--labels", str(demo_out / "anatomy.nii.gz"), "--out", str(out)]) == 0
+    a = np.asarray(nib.load(str(demo_out / "regions.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(out / "regions.nii.gz")).dataobj)
+    for code in (2, 3):
+        dice = 2 * ((a == code) & (b == code)).sum() / ((a == code).sum() + (b == code).sum())
+        assert dice > 0.9, (code, dice)
+    assert json.loads((out / "qc.json").read_text())["anatomy"]["method"] == "labels"
+
+
+def test_pair_from_different_places_is_refused(example, tmp_path, caplog):
+    inputs, t1, _ = example
+    far = tmp_path / "far_T1.nii.gz"
+    aff = np.array(t1.affine)
+    aff[:3, 3] += [0, 0, 400]
+    nib.save(nib.Nifti1Image(t1.array, aff), str(far))
+    out = tmp_path / "out"
+    assert main(["run", "--t1", str(far), "--t2", str(inputs.t2), "--out", str(out)]) == 1
+    assert "do not overlap" in caplog.text and not out.exists()

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pvsquant.grids import reslice_affine, resample, world_coordinates
+from pvsquant.regions import make_regions
+from pvsquant.roi import box_grid, crop_region, crop_regions, paste_back
+from pvsquant.types import REGION_CODES, RigidTransform, Settings, Volume
+
+from .anatomy_phantom import anatomy_phantom
+from .conftest import oblique_affine
+
+IDENTITY = RigidTransform(np.eye(4), -1.0, -1.0)
+
+
+@pytest.fixture(scope="module")
+def t2_and_regions():
+    shape = (300, 340, 40)
+    aff = oblique_affine((0.5, 0.5, 4.0), shape, 8.0)
+    world = world_coordinates(aff, np.indices(shape).reshape(3, -1).T)
+    t2 = (100 + 0.5 * world[:, 0] + 0.3 * world[:, 1] - 0.2 * world[:, 2]).reshape(shape).astype(np.float32)
+    vol = Volume(t2, aff)
+    return vol, make_regions(anatomy_phantom(), IDENTITY, vol)
+
+
+def test_crop_has_fixed_shape_spacing_and_range(t2_and_regions):
+    t2, regions = t2_and_regions
+    settings = Settings()
+    crops = crop_regions(t2, regions, settings)
+    assert set(crops) == set(REGION_CODES)
+    for name, crop in crops.items():
+        expected = tuple(int(round(m / s)) for m, s in zip(settings.roi_box_mm[name], settings.target_spacing_mm))
+        assert crop.image.shape == expected
+        np.testing.assert_allclose(crop.image.spacing_mm, [0.5, 0.5, 0.8], atol=1e-9)
+        support = crop.mask.array > 1e-2
+        assert crop.image.array.min() == 0.0 and crop.image.array.max() == pytest.approx(1.0)
+        assert np.all(crop.image.array[~support] == 0)
+        assert not crop.clipped
+
+
+def test_mask_is_dilated_and_smooth(t2_and_regions):
+    t2, regions = t2_and_regions
+    crop = crop_region(t2, regions, "hippocampi")
+    mask = crop.mask.array
+    region = resample(regions.work.with_array((regions.work.array == 3).astype(np.float32)),
+                      crop.image.affine, crop.image.shape, order=1).array >= 0.5
+    assert mask.max() <= 1.0 + 1e-6
+    assert (mask > 0.5).sum() > region.sum()  # dilated
+    assert 0 < ((mask > 0.05) & (mask < 0.95)).sum()  # smooth border
+
+
+def test_region_larger_than_box_is_flagged(t2_and_regions):
+    t2, regions = t2_and_regions
+    small = Settings(roi_box_mm={**Settings().roi_box_mm, "centrum_semiovale": (40.0, 40.0, 20.0)})
+    assert crop_region(t2, regions, "centrum_semiovale", small).clipped
+
+
+def test_box_centred_and_padded_beyond_the_scan():
+    aff = np.diag([0.5, 0.5, 0.8, 1.0])
+    grid_aff, _ = reslice_affine(aff, (100, 100, 50), (0.5, 0.5, 0.8))
+    box_aff, start = box_grid(grid_aff, np.array([0.0, 0.0, 0.0]), (20, 20, 10))
+    assert start == (-10, -10, -4)  # the box leaves the scan
+    src = Volume(np.ones((100, 100, 50), np.float32), aff)
+    out = resample(src, box_aff, (20, 20, 10), order=1).array
+    assert out[0, 0, 0] == 0 and out[-1, -1, -1] == 1  # zero padding outside
+
+
+def test_crop_then_paste_restores_the_t2(t2_and_regions):
+    t2, regions = t2_and_regions
+    crop = crop_region(t2, regions, "basal_ganglia")
+    raw = resample(t2, crop.image.affine, crop.image.shape, order=1)
+    back = paste_back(raw, t2)
+    inside = back.array != 0
+    assert inside.sum() > 1000
+    np.testing.assert_allclose(back.array[inside], t2.array[inside], rtol=1e-3, atol=0.3)
