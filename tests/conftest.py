@@ -34,6 +34,8 @@ def head_phantom(shape=(80, 96, 40), spacing=(2.0, 2.0, 4.0), seed=0) -> tuple[n
     vent_l = ellipsoid(6, 25, 10, (-10, 5, 5))
     vent_r = ellipsoid(6, 25, 10, (12, 5, 5))
     blob = ellipsoid(8, 8, 8, (-25, -30, -15))
+    blob2 = ellipsoid(12, 6, 10, (30, 35, 20))
+    blob3 = ellipsoid(5, 14, 6, (20, -40, -25))
     t1 = np.zeros(shape, np.float32)
     t2 = np.zeros(shape, np.float32)
     t1[head], t2[head] = 300, 200
@@ -41,6 +43,8 @@ def head_phantom(shape=(80, 96, 40), spacing=(2.0, 2.0, 4.0), seed=0) -> tuple[n
     t1[wm], t2[wm] = 800, 400
     t1[vent_l | vent_r], t2[vent_l | vent_r] = 150, 1200
     t1[blob], t2[blob] = 650, 900
+    t1[blob2], t2[blob2] = 350, 1000
+    t1[blob3], t2[blob3] = 950, 250
     t1 += rng.normal(0, 10, shape).astype(np.float32)
     t2 += rng.normal(0, 10, shape).astype(np.float32)
     return np.clip(t1, 0, None), np.clip(t2, 0, None)

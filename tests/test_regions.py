@@ -109,3 +109,17 @@ def test_thin_slab_setting_changes_volume():
 
 def test_phantom_shape_is_what_tests_assume():
     assert anatomy_phantom().labels.shape == SHAPE
+
+
+def test_region_beyond_the_t2_field_of_view_is_dropped_and_flagged():
+    """A T2 slab that stops below the top of the white matter cuts the centrum semiovale."""
+    shape = (300, 340, 14)  # 56 mm of slices
+    aff = oblique_affine((0.5, 0.5, 4.0), shape, 0.0)
+    aff[:3, 3] += [0, 0, -5]  # covers z = -33 .. +23 mm: the slab (25-45 mm) lies above it
+    regions = make_regions(anatomy_phantom(), IDENTITY, Volume(np.zeros(shape, np.float32), aff))
+    codes = [f.code for f in regions.flags]
+    assert "region_cut_by_fov_centrum_semiovale" in codes
+    assert regions.volumes_ml["centrum_semiovale"] == 0
+    full = make_regions(anatomy_phantom(), IDENTITY, t2_grid())
+    assert regions.volumes_ml["basal_ganglia"] == pytest.approx(full.volumes_ml["basal_ganglia"], rel=0.02)
+    assert "region_cut_by_fov_basal_ganglia" not in codes

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import anatomy as an
-from .grids import ball, reslice_affine, resample, resample_labels
+from .grids import ball, reslice_affine, resample, resample_labels, voxel_indices, world_coordinates
 from .types import REGION_CODES, Anatomy, QCFlag, RigidTransform, Settings, Volume
 
 EXPECTED_VOLUME_ML = {
@@ -48,9 +48,29 @@ class Regions:
     flags: tuple[QCFlag, ...]
 
 
-def work_grid(t2: Volume, spacing_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Isotropic grid with the T2's axes and field of view."""
-    return reslice_affine(t2.affine, t2.shape, (spacing_mm,) * 3)
+def work_grid(t2: Volume, spacing_mm: float, anatomy: Anatomy | None = None,
+              transform: RigidTransform | None = None, margin_mm: float = 6.0
+              ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Isotropic grid with the T2's axes: the T2's field of view, or the bounding box of the
+    labelled brain when ``anatomy`` (and the T2->T1 ``transform``) are given."""
+    affine, shape = reslice_affine(t2.affine, t2.shape, (spacing_mm,) * 3)
+    if anatomy is None or not np.any(anatomy.labels.array):
+        return affine, shape
+    idx = np.argwhere(anatomy.labels.array > 0)
+    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    world_t1 = world_coordinates(anatomy.labels.affine, corners)
+    t1_to_t2 = np.linalg.inv(transform.t2_to_t1) if transform is not None else np.eye(4)
+    world_t2 = world_t1 @ t1_to_t2[:3, :3].T + t1_to_t2[:3, 3]
+    vox = voxel_indices(affine, world_t2)
+    margin = margin_mm / spacing_mm + 0.5 * anatomy.labels.spacing_mm.max() / spacing_mm
+    # Not clipped to the T2: the part of the brain beyond its field of view is measured (and
+    # then dropped by make_regions) so that a cut region can be flagged.
+    start = np.floor(vox.min(axis=0) - margin).astype(int)
+    stop = np.maximum(np.ceil(vox.max(axis=0) + margin).astype(int) + 1, start + 1)
+    cut = np.array(affine)
+    cut[:3, 3] = world_coordinates(affine, start[None])[0]
+    return cut, tuple(int(n) for n in stop - start)  # type: ignore[return-value]
 
 
 def heights_mm(affine: np.ndarray, shape: tuple[int, ...], axis: np.ndarray) -> np.ndarray:
@@ -59,6 +79,18 @@ def heights_mm(affine: np.ndarray, shape: tuple[int, ...], axis: np.ndarray) -> 
     i, j, k = (np.arange(n, dtype=np.float32) for n in shape[:3])
     return (i[:, None, None] * steps[0] + j[None, :, None] * steps[1] + k[None, None, :] * steps[2]
             + float(np.asarray(affine)[:3, 3] @ axis)).astype(np.float32)
+
+
+def inside_field_of_view(affine: np.ndarray, shape: tuple[int, ...], image: Volume) -> np.ndarray:
+    """Boolean map on the grid (affine, shape): voxel centres inside ``image``'s field of view."""
+    m = np.linalg.inv(image.affine) @ affine
+    inside = np.ones(tuple(shape[:3]), bool)
+    i, j, k = (np.arange(n, dtype=np.float32) for n in shape[:3])
+    for axis in range(3):
+        coord = (i[:, None, None] * m[axis, 0] + j[None, :, None] * m[axis, 1] + k[None, None, :] * m[axis, 2]
+                 + m[axis, 3])
+        inside &= (coord >= -0.5) & (coord <= image.shape[axis] - 0.5)
+    return inside
 
 
 def basal_ganglia_mask(labels: np.ndarray, spacing_mm: np.ndarray, closing_mm: float) -> np.ndarray:
@@ -76,7 +108,7 @@ def basal_ganglia_mask(labels: np.ndarray, spacing_mm: np.ndarray, closing_mm: f
 def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settings: Settings = Settings()
                  ) -> Regions:
     """Counting regions on a T2-aligned working grid (see module docstring)."""
-    affine, shape = work_grid(t2, settings.work_spacing_mm)
+    affine, shape = work_grid(t2, settings.work_spacing_mm, anatomy, transform)
     labels = resample_labels(anatomy.labels, affine, shape, target_to_source_world=transform.t2_to_t1).array
     spacing = np.full(3, settings.work_spacing_mm)
 
@@ -101,7 +133,16 @@ def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settin
     regions[np.isin(labels, an.HIPPOCAMPUS)] = REGION_CODES["hippocampi"]
     regions[labels == an.MIDBRAIN] = REGION_CODES["midbrain"]
 
+    # The T1 may cover more than the T2: what lies outside the T2's field of view is dropped.
     vox_ml = settings.work_spacing_mm ** 3 / 1000.0
+    outside = ~inside_field_of_view(affine, shape, t2)
+    for name, code in REGION_CODES.items():
+        region = regions == code
+        cut = int((region & outside).sum())
+        if cut > 0.05 * max(int(region.sum()), 1):
+            flags.append(QCFlag(f"region_cut_by_fov_{name}", f"{100 * cut / region.sum():.0f}% of region {name} "
+                                "lies outside the T2's field of view and is dropped"))
+    regions[outside] = 0
     volumes = {name: float((regions == code).sum() * vox_ml) for name, code in REGION_CODES.items()}
     for name, (lo, hi) in EXPECTED_VOLUME_ML.items():
         v = volumes[name]
@@ -110,15 +151,6 @@ def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settin
         elif not lo <= v <= hi:
             flags.append(QCFlag(f"region_volume_{name}",
                                 f"region {name} measures {v:.1f} ml; expected {lo:g}-{hi:g} ml", "warn"))
-    if caudate_top is not None and volumes["centrum_semiovale"] > 0:
-        # The slab must lie inside the T2's field of view, or it is cut.
-        height_top = caudate_top + settings.cso_offset_mm + settings.cso_slab_thickness_mm
-        corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
-        fov_top = float((corners @ affine[:3, :3].T + affine[:3, 3]).dot(superior).max())
-        if fov_top < height_top:
-            flags.append(QCFlag("cso_slab_outside_fov",
-                                f"the centrum semiovale slab reaches {height_top - fov_top:.0f} mm above the T2's "
-                                "field of view; the region is cut", "warn"))
     return Regions(Volume(regions, affine), superior, caudate_top, volumes, tuple(flags))
 
 

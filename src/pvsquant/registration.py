@@ -72,8 +72,8 @@ def register_t1_to_t2(t1: Volume, t2: Volume, settings: Settings = Settings(),
     reg.SetMetricSamplingPercentage(settings.registration_sampling, settings.seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=settings.registration_iterations,
-        relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+        learningRate=1.0, minStep=1e-3, numberOfIterations=settings.registration_iterations,
+        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
     reg.SetOptimizerScalesFromPhysicalShift()
     levels = [max(1, int(round(f * 1.0 / spacing))) if f > 1 else 1 for f in settings.registration_levels]
     reg.SetShrinkFactorsPerLevel(levels)
