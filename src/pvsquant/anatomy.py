@@ -137,13 +137,15 @@ def brain_mask(t1: Volume) -> Volume:
 # Tissue classes of the intensity refinement: (output code, atlas codes). Each class gets
 # its own Gaussian intensity model and a spatial prior from the registered atlas.
 REFINE_CLASSES: tuple[tuple[int, tuple[int, ...]], ...] = (
-    (2, (2, 7, 46, 28, 60)), (41, (41,)), (3, (3, 8, 47, 18, 54, 26, 58)), (42, (42,)),
+    (2, (2,)), (41, (41,)), (7, (7,)), (46, (46,)), (28, (28,)), (60, (60,)),
+    (3, (3,)), (42, (42,)), (8, (8,)), (47, (47,)), (18, (18,)), (54, (54,)), (26, (26,)), (58, (58,)),
     (4, (4, 5)), (43, (43, 44)), (24, (24, 14, 15, 72, 30, 31, 62, 63, 80, 85)),
 )
 """Tissue classes the refinement may move voxels between; deep grey nuclei, hippocampus and
 brainstem keep their atlas labels (their contrast to white matter is too weak on clinical T1s
 for intensity to beat registration: measured on the painted benchmark)."""
-TISSUE_OF_CODE = {2: "wm", 41: "wm", 3: "gm", 42: "gm", 4: "csf", 43: "csf", 24: "csf"}
+TISSUE_OF_CODE = {**{c: "wm" for c in (2, 41, 7, 46, 28, 60)}, **{c: "gm" for c in (3, 42, 8, 47, 18, 54, 26, 58)},
+                  **{c: "csf" for c in (4, 43, 24)}}
 REFINE_FIXED_CODES = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 16, MIDBRAIN)
 
 
@@ -249,6 +251,7 @@ def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
     reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyN",
                             aff_metric="mattes", syn_metric="mattes",
                             reg_iterations=settings.atlas_syn_iterations, random_seed=settings.seed)
+    affine_file = reg["fwdtransforms"][-1]
     warped = ants.apply_transforms(fixed=_to_ants(t1), moving=template_labels,
                                    transformlist=reg["fwdtransforms"], interpolator="genericLabel")
     labels = t1.with_array(np.asarray(warped.numpy(), dtype=np.int32))
@@ -263,7 +266,7 @@ def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
     array = labels.array
     array[~mask.array] = 0
     anatomy_volume = t1.with_array(standardise_labels(array))
-    superior = _superior_axis_from_affine(reg["fwdtransforms"][-1])
+    superior = _superior_axis_from_affine(affine_file)
     return Anatomy(labels=anatomy_volume, method="atlas", superior_axis=superior, brain_mask=mask)
 
 
