@@ -171,7 +171,10 @@ def refine_labels(image: Volume, labels: Volume, mask: np.ndarray, prior_sigma_m
         onehot = np.isin(lab, codes)
         present[k] = onehot[inside].sum() > 20
         prior = ndimage.gaussian_filter(onehot.astype(np.float32), sigma)[inside] if present[k] else 0.0
-        log_prior[k] = np.log(prior + 1e-8)
+        # A class the atlas puts nowhere near (prior < 1e-3) is impossible, however well the
+        # intensity fits: this keeps a dark lesion deep in the white matter white matter.
+        with np.errstate(divide="ignore"):
+            log_prior[k] = np.where(prior >= 1e-3, np.log(np.maximum(prior, 1e-3)), -np.inf)
     # Initial intensity model from confidently labelled voxels.
     resp = (log_prior > np.log(0.9)).astype(np.float32)
     # Classes of one tissue share an intensity model; the spatial prior tells them apart.
@@ -187,13 +190,19 @@ def refine_labels(image: Volume, labels: Volume, mask: np.ndarray, prior_sigma_m
         sd = np.sqrt(np.maximum(var, (0.02 * np.median(values)) ** 2))
         log_post = log_prior - 0.5 * ((values - mean[:, None]) / sd[:, None]) ** 2 - np.log(sd)[:, None]
         log_post[~present] = -np.inf
-        log_post -= log_post.max(axis=0)
+        best = log_post.max(axis=0)
+        possible = np.isfinite(best)
+        log_post[:, possible] -= best[possible]
         resp = np.exp(log_post)
-        resp /= resp.sum(axis=0)
+        resp[:, ~possible] = 0.0
+        resp /= np.maximum(resp.sum(axis=0), 1e-12)
     out_codes = np.array([c for c, _ in REFINE_CLASSES], np.int32)
     refined = labels.array.copy()
     sub = refined[box]
-    sub[inside] = out_codes[np.argmax(resp, axis=0)]
+    chosen = out_codes[np.argmax(resp, axis=0)]
+    keep = resp.max(axis=0) == 0  # no class possible: keep the atlas label
+    chosen[keep] = lab[inside][keep]
+    sub[inside] = chosen
 
     # Deep structures may only shrink, and only where a voxel looks like fluid (atrophy,
     # enlarged ventricles): a voxel closer to the CSF model than to its own structure's.

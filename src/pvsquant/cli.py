@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from importlib import resources
@@ -19,6 +20,13 @@ def example_inputs() -> SubjectInputs:
     base = resources.files("pvsquant") / "data" / "example"
     return SubjectInputs(t1=Path(str(base / "sub-example_T1w.nii.gz")),
                          t2=Path(str(base / "sub-example_T2w.nii.gz")), subject_id="sub-example")
+
+
+def _is_demo_output(path: Path) -> bool:
+    try:
+        return json.loads((path / "qc.json").read_text()).get("subject") == "sub-example"
+    except (OSError, ValueError):
+        return False
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -59,15 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import run_subject  # heavy imports after argument parsing
 
     settings = Settings(segmenter=args.segmenter, threads=args.threads)
+    overwrite = args.overwrite
     if args.command == "demo":
         inputs = example_inputs()
-        if args.out.exists() and not args.overwrite:
-            log.error("%s exists; use --overwrite or --out ELSEWHERE", args.out)
-            return 1
+        # Re-running the demo replaces its own earlier output, never anything else.
+        overwrite = overwrite or _is_demo_output(args.out)
     else:
         inputs = SubjectInputs(t1=args.t1, t2=args.t2, labels=args.labels, subject_id=args.subject or args.out.name)
     try:
-        result = run_subject(inputs, args.out, settings, overwrite=args.overwrite)
+        result = run_subject(inputs, args.out, settings, overwrite=overwrite)
     except PvsError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return 1

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pvsquant import anatomy as an
+from pvsquant.errors import InputImageError
+from pvsquant.types import Settings, Volume
+
+from .anatomy_phantom import label_phantom
+
+
+def test_standardise_keeps_used_codes_and_folds_variants():
+    lab = np.array([[[2, 5, 44, 25, 1000, 8, 173, 16, 3]]])
+    out = an.standardise_labels(lab)
+    assert out.tolist() == [[[2, 4, 43, 77, 0, 0, 173, 16, 3]]]
+
+
+def test_split_midbrain_takes_the_top_of_the_brainstem_along_the_given_axis():
+    lab = np.zeros((10, 10, 60), np.int32)
+    lab[4:6, 4:6, 5:55] = 16  # 50 mm of brainstem, 1 mm voxels
+    vol = Volume(lab, np.eye(4))
+    out = an.split_midbrain(vol, np.array([0.0, 0.0, 1.0]), 20.0).array
+    assert np.argwhere(out == 173)[:, 2].min() == 34 and np.argwhere(out == 173)[:, 2].max() == 54
+    flipped = an.split_midbrain(vol, np.array([0.0, 0.0, -1.0]), 20.0).array  # head upside down
+    assert np.argwhere(flipped == 173)[:, 2].max() == 25
+
+
+def test_user_labels_resampled_to_t1_grid_and_midbrain_added():
+    labels = label_phantom()
+    t1 = Volume(np.ones((55, 65, 30), np.float32), np.diag([2.0, 2.0, 4.0, 1.0]) @ _centre((55, 65, 30)))
+    anatomy = an.labels_from_file(labels, t1, Settings())
+    assert anatomy.labels.shape == t1.shape
+    assert np.any(anatomy.labels.array == an.MIDBRAIN) and anatomy.method == "labels"
+
+
+def _centre(shape):
+    m = np.eye(4)
+    m[:3, 3] = -(np.asarray(shape) - 1) / 2
+    return m
+
+
+def test_user_labels_must_be_aseg_coded():
+    lab = Volume(np.full((20, 20, 20), 7, np.int32), np.eye(4))
+    with pytest.raises(InputImageError, match="lacks white matter"):
+        an.labels_from_file(lab, Volume(np.ones((20, 20, 20), np.float32), np.eye(4)), Settings())
+
+
+def test_refinement_moves_misplaced_boundary_and_keeps_deep_lesion():
+    """Atlas labels shifted 3 voxels against the image: the WM/cortex border follows the
+    intensities; a dark lesion deep inside the white matter stays white matter."""
+    rng = np.random.default_rng(0)
+    shape = (60, 40, 40)
+    image = np.full(shape, 0.1, np.float32)  # CSF outside
+    image[5:55] = 0.55  # cortex
+    image[15:45] = 0.85  # white matter
+    image[28:32, 18:22, 18:22] = 0.3  # dark lesion in deep WM
+    image += rng.normal(0, 0.02, shape).astype(np.float32)
+    atlas = np.full(shape, 24, np.int32)
+    atlas[8:58] = 3
+    atlas[18:48] = 2  # the atlas is 3 voxels off
+    mask = np.ones(shape, bool)
+    refined = an.refine_labels(Volume(image, np.eye(4)), Volume(atlas, np.eye(4)), mask).array
+    truth_wm = np.zeros(shape, bool)
+    truth_wm[15:45] = True
+    before = 2 * ((atlas == 2) & truth_wm).sum() / ((atlas == 2).sum() + truth_wm.sum())
+    after = 2 * ((refined == 2) & truth_wm).sum() / ((refined == 2).sum() + truth_wm.sum())
+    assert before < 0.92 and after > 0.97
+    assert np.all(refined[28:32, 18:22, 18:22] == 2)
+
+
+def test_refinement_shrinks_deep_structure_into_fluid_only():
+    shape = (40, 40, 40)
+    image = np.full(shape, 0.85, np.float32)  # white matter
+    image[10:30, 10:30, 10:30] = 0.55  # a grey nucleus
+    image[10:30, 10:14, 10:30] = 0.1  # ... whose front is really ventricle (atrophy)
+    atlas = np.full(shape, 2, np.int32)
+    atlas[10:30, 10:30, 10:30] = 11  # caudate in the atlas, including the fluid part
+    atlas[10:30, 5:10, 10:30] = 4
+    refined = an.refine_labels(Volume(image, np.eye(4)), Volume(atlas, np.eye(4)), np.ones(shape, bool)).array
+    assert np.all(refined[12:28, 10:13, 12:28] == 4)  # fluid-looking caudate voxels became ventricle
+    assert np.all(refined[12:28, 15:28, 12:28] == 11)  # the rest of the nucleus kept its label
