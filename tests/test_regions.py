@@ -123,3 +123,12 @@ def test_region_beyond_the_t2_field_of_view_is_dropped_and_flagged():
     full = make_regions(anatomy_phantom(), IDENTITY, t2_grid())
     assert regions.volumes_ml["basal_ganglia"] == pytest.approx(full.volumes_ml["basal_ganglia"], rel=0.02)
     assert "region_cut_by_fov_basal_ganglia" not in codes
+
+
+def test_implausible_region_volume_is_flagged():
+    """The phantom's basal ganglia (about 10 ml) are smaller than any adult's (>= 20 ml)."""
+    regions = make_regions(anatomy_phantom(), IDENTITY, t2_grid())
+    flags = {f.code: f.message for f in regions.flags}
+    assert "region_volume_basal_ganglia" in flags
+    assert "expected 20-90 ml" in flags["region_volume_basal_ganglia"]
+    assert "region_volume_centrum_semiovale" not in flags

@@ -74,3 +74,22 @@ def test_crop_then_paste_restores_the_t2(t2_and_regions):
     inside = back.array != 0
     assert inside.sum() > 1000
     np.testing.assert_allclose(back.array[inside], t2.array[inside], rtol=1e-3, atol=0.3)
+
+
+def test_network_grid_is_closest_ras_whatever_the_storage():
+    from pvsquant.roi import network_grid
+
+    shape = (100, 120, 30)
+    lps = Volume(np.zeros(shape, np.float32), oblique_affine((0.5, 0.5, 4.0), shape, 10.0))
+    affine, grid_shape = network_grid(lps, (0.5, 0.5, 0.8))
+    import nibabel as nib
+    assert "".join(nib.aff2axcodes(affine)) == "RAS"
+    np.testing.assert_allclose(np.sqrt((affine[:3, :3] ** 2).sum(0)), [0.5, 0.5, 0.8])
+    assert grid_shape == (100, 120, 150)
+    # a sagittal acquisition (thick axis left-right) still gets 0.8 mm along superior
+    sag = np.zeros((4, 4))
+    sag[:3, :3] = [[0, 0, -4.0], [0.5, 0, 0], [0, 0.5, 0]]
+    sag[3, 3] = 1
+    affine, grid_shape = network_grid(Volume(np.zeros((200, 200, 40), np.float32), sag), (0.5, 0.5, 0.8))
+    np.testing.assert_allclose(affine[:3, :3], np.diag([0.5, 0.5, 0.8]), atol=1e-12)
+    assert grid_shape == (320, 200, 125)

@@ -68,3 +68,30 @@ def plot_regions_mosaic(t2: Volume, regions: Volume, path: str | Path, title: st
     fig.savefig(path, dpi=90, facecolor="black")
     plt.close(fig)
     return path
+
+
+def plot_roi_crops(crops: dict, path: str | Path, n_slices: int = 5) -> Path:
+    """One row per region: axial slices of the network input (RAS layout) with the mask contour."""
+    rows = len(crops)
+    fig, axes = plt.subplots(max(rows, 1), n_slices, figsize=(n_slices * 2.6, max(rows, 1) * 2.8),
+                             facecolor="black", squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for row, (name, crop) in enumerate(crops.items()):
+        image, mask = crop.image.array, crop.mask.array
+        zs = np.flatnonzero((mask > 0.5).any(axis=(0, 1)))
+        if zs.size == 0:
+            continue
+        spacing = crop.image.spacing_mm
+        for col, k in enumerate(np.linspace(zs.min(), zs.max(), n_slices + 2)[1:-1].round().astype(int)):
+            ax = axes[row, col]
+            ax.imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=1,
+                      aspect=spacing[1] / spacing[0])
+            ax.contour((mask[:, :, k] > 0.5).T.astype(float), levels=[0.5], colors=REGION_COLOURS[name],
+                       linewidths=0.6)
+            ax.set_title(f"{name.replace('_', ' ')} z={k}", color="white", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import __version__
 from .anatomy import segment_anatomy, structure_volumes_ml
-from .figures import plot_regions_mosaic
+from .figures import plot_regions_mosaic, plot_roi_crops
 from .io import atomic_output_dir, check_pair_overlap, load_volume, save_volume, write_json
 from .regions import make_regions, regions_on_grid
 from .registration import register_t1_to_t2
@@ -150,7 +150,8 @@ def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings =
                     flags.append(QCFlag(f"roi_clipped_{name}", f"region {name} is larger than its "
                                         f"{settings.roi_box_mm[name]} mm box and was cut"))
 
-        with timer.stage("figures", "regions.png"):
+        with timer.stage("figures", "regions.png, roi.png"):
+            plot_roi_crops(crops, tmp / "roi.png")
             plot_regions_mosaic(t2, regions_t2, tmp / "regions.png",
                                 title=f"{inputs.subject_id or t2.source.name}: regions on T2")
 

@@ -3,17 +3,42 @@ multiplied by the dilated and Gaussian-smoothed region mask, cropped to a fixed 
 on the region (zero-padded where the box leaves the scan) and min-max normalised to [0, 1]
 inside the mask.
 
-Only the box is resampled, never the whole 0.5 x 0.5 x 0.8 mm grid; the box's own affine
-places it in T2 world space, so a map computed on it pastes back with :func:`paste_back`.
+The 0.5 x 0.5 x 0.8 mm grid follows the T2's own (possibly oblique) axes, reordered and
+flipped to the closest RAS+ so that every crop has the same layout (x: right, y: anterior,
+z: superior, 0.8 mm through-plane) whatever the acquisition orientation. Only the box is
+resampled, never the whole grid; the box's own affine places it in T2 world space, so a map
+computed on it pastes back with :func:`paste_back`.
 """
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .grids import ball, reslice_affine, resample, voxel_indices, world_coordinates
+from .grids import ball, resample, voxel_indices, world_coordinates
 from .regions import Regions
 from .types import REGION_CODES, RegionCrop, Settings, Volume
+
+
+def network_grid(t2: Volume, spacing_mm: tuple[float, float, float]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The network-input grid: the T2's axes in closest-RAS+ order, ``spacing_mm`` voxels,
+    covering the T2's field of view."""
+    ornt = nib.orientations.io_orientation(t2.affine)
+    directions = np.zeros((3, 3))
+    for axis in range(3):
+        column = t2.affine[:3, axis] / np.linalg.norm(t2.affine[:3, axis])
+        directions[:, int(ornt[axis, 0])] = column * ornt[axis, 1]
+    spacing = np.asarray(spacing_mm, dtype=float)
+    shape = np.asarray(t2.shape, dtype=float)
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    along = world_coordinates(t2.affine, corners) @ directions  # corner coordinates on the new axes
+    lo, hi = along.min(axis=0), along.max(axis=0)
+    affine = np.eye(4)
+    affine[:3, :3] = directions * spacing
+    affine[:3, 3] = directions @ (lo + spacing / 2)
+    grid_shape = tuple(int(n) for n in np.maximum(1, np.round((hi - lo) / spacing - 1e-6)))
+    return affine, grid_shape  # type: ignore[return-value]
 
 
 def box_grid(grid_affine: np.ndarray, centre_mm: np.ndarray, box_shape: tuple[int, int, int]
@@ -34,7 +59,7 @@ def crop_region(t2: Volume, regions: Regions, region: str, settings: Settings = 
     if idx.size == 0:
         return None
     spacing = np.asarray(settings.target_spacing_mm, dtype=float)
-    grid_affine, _ = reslice_affine(t2.affine, t2.shape, settings.target_spacing_mm)
+    grid_affine, _ = network_grid(t2, settings.target_spacing_mm)
     box_shape = tuple(int(round(m / s)) for m, s in zip(settings.roi_box_mm[region], spacing))
 
     world = world_coordinates(work.affine, idx)
