@@ -3,10 +3,11 @@
 Methods
 -------
 atlas (default)
-    N4 bias correction, a deepbet brain mask, and ANTs SyN registration of the shipped
+    A deepbet brain mask, N4 bias correction and ANTs SyN registration of the shipped
     template (MNI ICBM 2009c brain, labelled offline by SAMSEG, see
-    ``scripts/make_atlas.py``) to the subject; the labels are carried over with
-    ANTs' generic-label interpolation.
+    ``scripts/make_atlas.py``) to the subject; the labels are carried over with ANTs'
+    generic-label interpolation and refined by the T1's intensities (:func:`refine_labels`).
+    White-matter lesions are not detected by this method.
 samseg
     FreeSurfer's SAMSEG (PyPI ``samseg``) run as an external program, because it pins
     numpy < 2. Found as ``run_samseg`` on PATH or at ``$PVSQUANT_SAMSEG``.
@@ -244,9 +245,9 @@ def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
             "is this a T1-weighted brain scan?")
     log.debug("brain mask (deepbet): %.0f ml, %.1f s", brain_ml, time.perf_counter() - tic)
 
-    # Register on a 1.5 mm isotropic copy of the bias-corrected, skull-stripped T1.
+    # Register on an isotropic copy (atlas_grid_mm) of the bias-corrected, skull-stripped T1.
     tic = time.perf_counter()
-    work_affine, work_shape = reslice_affine(t1.affine, t1.shape, (1.5, 1.5, 1.5))
+    work_affine, work_shape = reslice_affine(t1.affine, t1.shape, (settings.atlas_grid_mm,) * 3)
     t1_work = resample(t1, work_affine, work_shape, order=1)
     mask_work = resample(mask.with_array(mask.array.astype(np.float32)), work_affine, work_shape, order=1)
     fixed_mask = _to_ants(mask_work.with_array((mask_work.array > 0.5).astype(np.float32)))
@@ -258,7 +259,8 @@ def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
     log.debug("N4 bias field: %.1f s", time.perf_counter() - tic)
     tic = time.perf_counter()
     reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyN",
-                            aff_metric="mattes", syn_metric="mattes",
+                            aff_metric="mattes", syn_metric=settings.atlas_syn_metric,
+                            syn_sampling=2 if settings.atlas_syn_metric == "CC" else 32,
                             reg_iterations=settings.atlas_syn_iterations, random_seed=settings.seed)
     affine_file = reg["fwdtransforms"][-1]
     warped = ants.apply_transforms(fixed=_to_ants(t1), moving=template_labels,

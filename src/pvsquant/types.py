@@ -134,8 +134,13 @@ class Settings:
     segmenter: str = "atlas"
     """'atlas' (template registration, default), 'samseg' (external run_samseg) or 'labels'."""
     threads: int = 2
-    atlas_syn_iterations: tuple[int, ...] = (40, 20, 0)
-    """ANTs SyN iterations per level (1.5 mm grid shrunk 4x, 2x, 1x)."""
+    atlas_syn_iterations: tuple[int, ...] = (25, 10, 0)
+    """ANTs SyN iterations per level (registration grid shrunk 4x, 2x, 1x). On the painted benchmark
+    CC with (25, 10, 0) matched CC with (40, 20, 0) at 60% of the time."""
+    atlas_grid_mm: float = 1.5
+    """Voxel size of the isotropic grid on which the atlas is registered."""
+    atlas_syn_metric: str = "CC"
+    """ANTs SyN similarity: 'mattes' (mutual information) or 'CC' (cross-correlation, radius 2)."""
     refine_labels: bool = True
     """Refine the atlas labels by the T1's intensities (EM with the atlas as spatial prior)."""
     seed: int = 0
