@@ -99,8 +99,18 @@ def main() -> None:
         t2_to_t1_ref = LPS @ read_itk_affine(t1_ref) @ np.linalg.inv(read_itk_affine(t2_ref)) @ LPS
         d, a = transform_error(reference.t2_to_t1, t2_to_t1_ref, box)
         d_hdr, a_hdr = transform_error(np.eye(4), t2_to_t1_ref, box)
-        lines += [f"Against the dataset's reference alignment (affine, via FLAIR), max displacement over a "
-                  f"120 x 150 x 100 mm brain box: **{d:.2f} mm** (headers alone: {d_hdr:.2f} mm).", ""]
+        grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 9)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        pts = centre + grid * [60, 75, 50]
+
+        def mean_disp(m: np.ndarray) -> float:
+            a_ = pts @ m[:3, :3].T + m[:3, 3]
+            b_ = pts @ t2_to_t1_ref[:3, :3].T + t2_to_t1_ref[:3, 3]
+            return float(np.linalg.norm(a_ - b_, axis=1).mean())
+
+        lines += ["Against the dataset's reference alignment (an affine with ~1.6% scaling, via FLAIR), over a "
+                  f"120 x 150 x 100 mm brain box: mean displacement **{mean_disp(reference.t2_to_t1):.2f} mm**, "
+                  f"max {d:.2f} mm (headers alone: mean {mean_disp(np.eye(4)):.2f} mm, max {d_hdr:.2f} mm). A rigid "
+                  "transform cannot follow the reference's scaling, which alone is about 1 mm at the box's edge.", ""]
     lines += ["| header perturbation (deg; mm) | error max displacement (mm) | rotation error (deg) |",
               "|---|---|---|"]
     for angles, shift in [((10, 0, 0), (15, 0, 0)), ((0, 10, 0), (0, 15, 0)), ((-6, 5, 8), (-8, 10, -7)),
