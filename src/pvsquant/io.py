@@ -137,15 +137,6 @@ def _stored_voxel_size(img: nib.spatialimages.SpatialImage, path: Path) -> np.nd
     return zooms
 
 
-def world_bounds(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned world bounding box (min, max corners, mm) of a volume's field of view."""
-    shape = np.asarray(volume.shape, dtype=float)
-    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
-                        for k in (-0.5, shape[2] - 0.5)])
-    world = corners @ volume.affine[:3, :3].T + volume.affine[:3, 3]
-    return world.min(axis=0), world.max(axis=0)
-
-
 def fov_overlap_fraction(a: Volume, b: Volume, n: int = 12) -> float:
     """Fraction of points on a regular lattice of ``b``'s field of view that lie inside ``a``'s."""
     axes = [-0.5 + (np.arange(n) + 0.5) * s / n for s in b.shape]  # centres of n x n x n cells
