@@ -45,6 +45,12 @@ def head_phantom(shape=(80, 96, 40), spacing=(2.0, 2.0, 4.0), seed=0) -> tuple[n
     t1[blob], t2[blob] = 650, 900
     t1[blob2], t2[blob2] = 350, 1000
     t1[blob3], t2[blob3] = 950, 250
+    # shared smooth texture (tissue inhomogeneity): gives registration features at every scale
+    from scipy import ndimage
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, shape), (2.0, 2.0, 1.0))
+    texture = (1 + 0.25 * texture / texture.std()).astype(np.float32)
+    t1 *= texture
+    t2 *= texture
     t1 += rng.normal(0, 10, shape).astype(np.float32)
     t2 += rng.normal(0, 10, shape).astype(np.float32)
     return np.clip(t1, 0, None), np.clip(t2, 0, None)

@@ -68,7 +68,7 @@ def register_t1_to_t2(t1: Volume, t2: Volume, settings: Settings = Settings(),
 
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)  # deterministic, unlike RANDOM across threads
     reg.SetMetricSamplingPercentage(settings.registration_sampling, settings.seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
