@@ -73,22 +73,24 @@ def work_grid(t2: Volume, spacing_mm: float, anatomy: Anatomy | None = None,
     return cut, tuple(int(n) for n in stop - start)  # type: ignore[return-value]
 
 
+def index_function(row: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``row[0] * i + row[1] * j + row[2] * k + row[3]`` for every voxel (i, j, k) of ``shape``."""
+    i, j, k = (np.arange(n, dtype=np.float32) for n in shape[:3])
+    return (i[:, None, None] * row[0] + j[None, :, None] * row[1] + k[None, None, :] * row[2]
+            + row[3]).astype(np.float32)
+
+
 def heights_mm(affine: np.ndarray, shape: tuple[int, ...], axis: np.ndarray) -> np.ndarray:
     """Height of every voxel centre along the unit vector ``axis`` (world mm)."""
-    steps = np.asarray(affine)[:3, :3].T @ axis
-    i, j, k = (np.arange(n, dtype=np.float32) for n in shape[:3])
-    return (i[:, None, None] * steps[0] + j[None, :, None] * steps[1] + k[None, None, :] * steps[2]
-            + float(np.asarray(affine)[:3, 3] @ axis)).astype(np.float32)
+    return index_function(np.asarray(axis) @ np.asarray(affine)[:3, :], shape)
 
 
 def inside_field_of_view(affine: np.ndarray, shape: tuple[int, ...], image: Volume) -> np.ndarray:
     """Boolean map on the grid (affine, shape): voxel centres inside ``image``'s field of view."""
     m = np.linalg.inv(image.affine) @ affine
     inside = np.ones(tuple(shape[:3]), bool)
-    i, j, k = (np.arange(n, dtype=np.float32) for n in shape[:3])
     for axis in range(3):
-        coord = (i[:, None, None] * m[axis, 0] + j[None, :, None] * m[axis, 1] + k[None, None, :] * m[axis, 2]
-                 + m[axis, 3])
+        coord = index_function(m[axis], shape)  # voxel coordinate along the image's axis
         inside &= (coord >= -0.5) & (coord <= image.shape[axis] - 0.5)
     return inside
 
