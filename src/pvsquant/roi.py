@@ -70,7 +70,30 @@ def crop_region(t2: Volume, regions: Regions, region: str, settings: Settings = 
 
     image = resample(t2, box_affine, box_shape, order=1).array
     region_mask = work.with_array((work.array == code).astype(np.float32))
-    mask = resample(region_mask, box_affine, box_shape, order=1).array >= 0.5
+    inside = resample(region_mask, box_affine, box_shape, order=1).array >= 0.5
+    normalised, soft = normalise_in_mask(image, inside, spacing, settings)
+    return RegionCrop(region=region, image=Volume(normalised, box_affine), mask=Volume(soft, box_affine),
+                      grid_affine=grid_affine, box_start=start, box_shape=box_shape,  # type: ignore[arg-type]
+                      clipped=clipped, region_mask=Volume(inside, box_affine))
+
+
+def count_mask(region_mask: np.ndarray, spacing_mm: np.ndarray | tuple[float, ...], margin_mm: float = 1.0
+               ) -> np.ndarray:
+    """Where a region's PVS density is summed: the region grown by ``margin_mm``, so that the
+    density blob of a PVS on the region's edge is counted whole."""
+    return ndimage.binary_dilation(region_mask.astype(bool), structure=ball(margin_mm, spacing_mm))
+
+
+def normalise_in_mask(image: np.ndarray, region_mask: np.ndarray, spacing_mm: np.ndarray | tuple[float, ...],
+                      settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's preprocessing of a resampled T2 box: region mask dilated and Gaussian-smoothed,
+    multiplied with the T2, min-max normalised to [0, 1] inside it.
+
+    Returns (normalised image, smoothed mask). Shared by the pipeline and the synthetic
+    training data, so both see exactly the same transformation.
+    """
+    spacing = np.asarray(spacing_mm, dtype=float)
+    mask = region_mask.astype(bool)
     if settings.roi_dilation_mm > 0:
         mask = ndimage.binary_dilation(mask, structure=ball(settings.roi_dilation_mm, spacing))
     soft = ndimage.gaussian_filter(mask.astype(np.float32), sigma=settings.roi_smoothing_sigma_mm / spacing)
@@ -78,9 +101,7 @@ def crop_region(t2: Volume, regions: Regions, region: str, settings: Settings = 
     support = soft > 1e-2
     lo, hi = (float(masked[support].min()), float(masked[support].max())) if support.any() else (0.0, 1.0)
     normalised = np.where(support, (masked - lo) / max(hi - lo, 1e-6), 0.0).clip(0, 1).astype(np.float32)
-    return RegionCrop(region=region, image=Volume(normalised, box_affine), mask=Volume(soft, box_affine),
-                      grid_affine=grid_affine, box_start=start, box_shape=box_shape,  # type: ignore[arg-type]
-                      clipped=clipped)
+    return normalised, soft
 
 
 def crop_regions(t2: Volume, regions: Regions, settings: Settings = Settings()) -> dict[str, RegionCrop]:

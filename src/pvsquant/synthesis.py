@@ -5,6 +5,8 @@ and, later, to make the networks' training data. Every random function takes an 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -110,3 +112,152 @@ def acquire(image: Volume, affine: np.ndarray, shape: tuple[int, ...], rng: np.r
     sd = rng.uniform(*noise)
     out = np.sqrt((out + rng.normal(0, sd, out.shape)) ** 2 + rng.normal(0, sd, out.shape) ** 2)
     return Volume((out * 1000).astype(np.float32), affine)
+
+
+# --- T2 contrast, PVS and their look-alikes (training data of the counting networks) ---
+
+HIPPOCAMPUS_CODES = (17, 53)
+AMYGDALA_CODES = (18, 54)
+
+
+def t2_intensities(codes: np.ndarray, rng: np.random.Generator) -> dict[int, float]:
+    """Random T2-weighted intensity per label code: WM < deep GM <= GM < CSF, CSF about 1."""
+    csf = rng.uniform(0.85, 1.0)
+    wm = rng.uniform(0.18, 0.38)
+    gm = wm + rng.uniform(0.08, 0.25)
+    table: dict[int, float] = {0: 0.0}
+    for c in codes.tolist():
+        if c == 0:
+            continue
+        if c in WM_CODES:
+            v = wm
+        elif c in CORTEX_CODES or c in HIPPOCAMPUS_CODES or c in AMYGDALA_CODES:
+            v = gm * rng.uniform(0.95, 1.1)
+        elif c in (13, 52):  # pallidum: iron makes it dark on T2
+            v = wm * rng.uniform(0.8, 1.05)
+        elif c in (12, 51, 10, 49, 11, 50, 26, 58):  # putamen, thalamus, caudate, accumbens
+            v = wm + rng.uniform(0.3, 0.9) * (gm - wm)
+        elif c in (16, 173, 28, 60):  # brainstem, ventral DC
+            v = wm * rng.uniform(1.0, 1.3)
+        elif c in CSF_CODES:
+            v = csf * rng.uniform(0.95, 1.0)
+        elif c in LESION_CODES:
+            v = wm + rng.uniform(0.4, 0.8) * (csf - wm)
+        else:  # extra-cerebral tissue: mostly outside the region masks
+            v = rng.uniform(0.0, 0.8)
+        table[int(c)] = float(v)
+    return table
+
+
+def paint(labels: np.ndarray, table: dict[int, float], rng: np.random.Generator,
+          texture: tuple[float, float] = (0.02, 0.08)) -> np.ndarray:
+    """Image of a label array from an intensity table, with smooth multiplicative texture."""
+    lab = labels.astype(np.int32)
+    lut = np.zeros(int(lab.max()) + 1, np.float32)
+    for c, v in table.items():
+        if c < lut.size:
+            lut[c] = v
+    image = lut[lab]
+    tex = ndimage.gaussian_filter(rng.normal(0, 1, lab.shape).astype(np.float32), 1.0)
+    image *= 1.0 + rng.uniform(*texture) * tex / (float(tex.std()) + 1e-6)
+    return image
+
+
+def _local_points(affine: np.ndarray, shape: tuple[int, ...], lo_mm: np.ndarray, hi_mm: np.ndarray,
+                  supersample: tuple[int, int, int]) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """Voxels of a grid whose sub-sample points may fall in a world box; their sub-sample world points.
+
+    Returns (voxel slices, points of shape (nx, ny, nz, sx, sy, sz, 3)) or None when outside."""
+    corners = np.array([[a, b, c] for a in (lo_mm[0], hi_mm[0]) for b in (lo_mm[1], hi_mm[1])
+                        for c in (lo_mm[2], hi_mm[2])])
+    inv = np.linalg.inv(affine)
+    vox = corners @ inv[:3, :3].T + inv[:3, 3]
+    start = np.maximum(np.floor(vox.min(axis=0)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(vox.max(axis=0)).astype(int) + 2, np.asarray(shape[:3]))
+    if np.any(stop <= start):
+        return None
+    sub = [(np.arange(s) + 0.5) / s - 0.5 for s in supersample]
+    axes = [np.add.outer(np.arange(a, b), offsets) for a, b, offsets in zip(start, stop, sub)]
+    ii, jj, kk = np.meshgrid(*[ax.ravel() for ax in axes], indexing="ij")
+    idx = np.stack([ii, jj, kk], axis=-1)
+    pts = idx @ affine[:3, :3].T + affine[:3, 3]
+    n = stop - start
+    pts = pts.reshape(n[0], supersample[0], n[1], supersample[1], n[2], supersample[2], 3)
+    pts = pts.transpose(0, 2, 4, 1, 3, 5, 6)
+    return tuple(slice(a, b) for a, b in zip(start, stop)), pts
+
+
+def _sub_spacing(affine: np.ndarray, supersample: tuple[int, int, int]) -> float:
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return float(np.min(spacing / np.asarray(supersample)))
+
+
+@dataclass(frozen=True)
+class Tube:
+    """A straight PVS segment (a capsule): centre and unit direction in world mm."""
+
+    centre: np.ndarray
+    direction: np.ndarray
+    length_mm: float
+    diameter_mm: float
+
+    @property
+    def ends(self) -> tuple[np.ndarray, np.ndarray]:
+        half = 0.5 * max(self.length_mm - self.diameter_mm, 0.0) * self.direction
+        return self.centre - half, self.centre + half
+
+
+def tube_occupancy(tubes: list[Tube], affine: np.ndarray, shape: tuple[int, ...],
+                   supersample: tuple[int, int, int] = (1, 1, 1)) -> np.ndarray:
+    """Fraction of each voxel covered by the tubes (partial volume), from sub-sampled distances.
+
+    A thick-slice grid needs ``supersample`` along its slices (e.g. (2, 2, 8)) so that a thin
+    tube inside a 4 mm voxel covers the right fraction of it.
+    """
+    occupancy = np.zeros(tuple(shape[:3]), np.float32)
+    h = _sub_spacing(affine, supersample)
+    for tube in tubes:
+        a, b = tube.ends
+        r = tube.diameter_mm / 2.0
+        found = _local_points(affine, shape, np.minimum(a, b) - r - h, np.maximum(a, b) + r + h, supersample)
+        if found is None:
+            continue
+        sl, pts = found
+        ab = b - a
+        denom = float(ab @ ab)
+        t = np.clip(((pts - a) @ ab) / denom, 0.0, 1.0) if denom > 0 else np.zeros(pts.shape[:-1])
+        dist = np.linalg.norm(pts - (a + t[..., None] * ab), axis=-1)
+        inside = np.clip((r - dist) / h + 0.5, 0.0, 1.0).mean(axis=(3, 4, 5))
+        occupancy[sl] = np.maximum(occupancy[sl], inside)
+    return occupancy
+
+
+def blob_occupancy(centre: np.ndarray, semi_axes_mm: np.ndarray, rotation: np.ndarray, affine: np.ndarray,
+                   shape: tuple[int, ...], supersample: tuple[int, int, int] = (1, 1, 1)) -> np.ndarray:
+    """Fraction of each voxel inside an ellipsoid (lesion, lacune)."""
+    occupancy = np.zeros(tuple(shape[:3]), np.float32)
+    h = _sub_spacing(affine, supersample)
+    reach = float(np.max(semi_axes_mm)) + h
+    found = _local_points(affine, shape, centre - reach, centre + reach, supersample)
+    if found is None:
+        return occupancy
+    sl, pts = found
+    local = (pts - centre) @ rotation  # coordinates on the ellipsoid's axes
+    rho = np.linalg.norm(local / semi_axes_mm, axis=-1)
+    occupancy[sl] = np.clip((1.0 - rho) * float(np.min(semi_axes_mm)) / h + 0.5, 0.0, 1.0).mean(axis=(3, 4, 5))
+    return occupancy
+
+
+def random_rotation(rng: np.random.Generator, max_deg: float = 180.0) -> np.ndarray:
+    """A random 3x3 rotation of at most ``max_deg`` about a random axis."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.radians(rng.uniform(-max_deg, max_deg))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+
+
+def perturb_direction(direction: np.ndarray, spread: float, rng: np.random.Generator) -> np.ndarray:
+    """``direction`` plus isotropic noise of size ``spread`` (0: unchanged, >2: about uniform)."""
+    d = np.asarray(direction, dtype=float) / (np.linalg.norm(direction) + 1e-9) + rng.normal(0, spread, 3)
+    return d / (np.linalg.norm(d) + 1e-9)

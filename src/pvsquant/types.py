@@ -116,6 +116,8 @@ class RegionCrop:
     box_shape: tuple[int, int, int]
     clipped: bool
     """True when the region did not fit in the box and was cut."""
+    region_mask: Volume | None = None
+    """The region itself (boolean, before dilation) on the box grid: where counts are summed."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,11 @@ class Settings:
             "midbrain": (48.0, 48.0, 40.0),
         }
     )
+    # counting
+    models_dir: str | None = None
+    """Folder of the user's own (fine-tuned) ``<region>_<model>.pt`` weights; the shipped ones fill gaps."""
+    detection_peak_fraction: float = 0.4
+    """A PVS is detected where the attention peaks above this fraction of one isolated PVS's peak."""
     # QC thresholds
     thick_slice_warn_mm: float = 6.0
     registration_min_mi: float = 0.45

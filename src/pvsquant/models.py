@@ -1,0 +1,104 @@
+"""The two counting networks of Dubost et al., sized for a CPU.
+
+Both share the paper's encoder: two 3x3x3 convolutions, the input concatenated to their
+output, 2x2x2 max-pooling, two more 3x3x3 convolutions, the pooled input concatenated
+again. The paper used 32 and 64 filters; we use ``width`` and ``2 * width`` (default 8 and
+16) because a full-resolution 32-filter layer over a centrum semiovale crop takes over 2 s
+on two CPU cores and the target is 1 s per region (see ``benchmarks/counting``).
+
+* :class:`CountCNN` (the paper's "CNN"): encoder, global pooling, one linear output.
+* :class:`GPUnet`: the same encoder, a third level, an upsampling path with skip connections
+  back to full resolution, a last convolution, global pooling and a linear output. Its
+  attention map is the last feature maps weighted by the output layer's weights
+  (class-activation style), made non-negative by a softplus, at input resolution.
+
+Global pooling is a sum over the region's counting mask (:func:`pvsquant.roi.count_mask`):
+the paper's global average pooling times the number of voxels, so the output of a
+sub-volume is the count of that sub-volume. This makes counting additive in space: the
+networks train on small patches and run on a whole region.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MODEL_NAMES = ("cnn", "gpunet")
+
+
+def _conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1), nn.LeakyReLU(0.1, inplace=True))
+
+
+class Encoder(nn.Module):
+    """The paper's encoder: conv, conv, concat input, max-pool, conv, conv, concat pooled input."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.level1 = nn.Sequential(_conv(1, width), _conv(width, width))
+        self.level2 = nn.Sequential(_conv(width + 1, 2 * width), _conv(2 * width, 2 * width))
+        self.channels = (width + 1, 2 * width + 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f1 = torch.cat([self.level1(x), x], dim=1)
+        pooled_x = F.max_pool3d(x, 2)
+        f2 = torch.cat([self.level2(F.max_pool3d(f1, 2)), pooled_x], dim=1)
+        return f1, f2, pooled_x
+
+
+class CountCNN(nn.Module):
+    """Encoder, global (sum) pooling over the counting mask at half resolution, linear output."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.encoder = Encoder(width)
+        self.output = nn.Linear(self.encoder.channels[1], 1)
+        self.scale = 8.0 * 1e-3  # voxels per pooled voxel, and a fixed gain: keeps the output's scale tame
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Count per image (B,) and the per-voxel contribution map (B, 1, X/2, Y/2, Z/2)."""
+        _, f2, _ = self.encoder(x)
+        pooled_mask = F.max_pool3d(mask, 2)
+        contribution = torch.einsum("bcxyz,c->bxyz", f2, self.output.weight[0]) + self.output.bias[0]
+        contribution = contribution.unsqueeze(1) * self.scale
+        return (contribution * pooled_mask).sum(dim=(1, 2, 3, 4)), contribution
+
+
+class GPUnet(nn.Module):
+    """Encoder, third level, decoder with skip connections, attention map and its sum."""
+
+    def __init__(self, width: int = 8, features: int = 8) -> None:
+        super().__init__()
+        self.encoder = Encoder(width)
+        c1, c2 = self.encoder.channels
+        self.level3 = nn.Sequential(_conv(c2, 4 * width), _conv(4 * width, 4 * width))
+        self.up2 = nn.Sequential(_conv(4 * width + c2, 2 * width), _conv(2 * width, 2 * width))
+        self.up1 = nn.Sequential(_conv(2 * width + c1, width), _conv(width, features))
+        self.output = nn.Linear(features, 1)
+        self.scale = 1e-2  # attention in PVS per voxel: a PVS is a blob of mass 1 with a peak of ~0.04
+        nn.init.constant_(self.output.bias, -4.0)  # start near an empty map (softplus(-4) * scale = 2e-4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Count per image (B,) and the attention (density) map (B, 1, X, Y, Z), in PVS per voxel."""
+        f1, f2, _ = self.encoder(x)
+        f3 = self.level3(F.max_pool3d(f2, 2))
+        u2 = self.up2(torch.cat([F.interpolate(f3, size=f2.shape[2:], mode="trilinear", align_corners=False), f2], 1))
+        last = self.up1(torch.cat([F.interpolate(u2, size=f1.shape[2:], mode="trilinear", align_corners=False), f1], 1))
+        attention = F.softplus(torch.einsum("bcxyz,c->bxyz", last, self.output.weight[0]) + self.output.bias[0])
+        attention = attention.unsqueeze(1) * self.scale
+        return (attention * mask).sum(dim=(1, 2, 3, 4)), attention
+
+
+def build_model(name: str, width: int = 8) -> nn.Module:
+    if name == "cnn":
+        return CountCNN(width)
+    if name == "gpunet":
+        return GPUnet(width)
+    raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Zero-pad the spatial dims up to a multiple (the U-net pools twice); returns the original size."""
+    size = tuple(int(s) for s in x.shape[2:])
+    pad = [(-s) % multiple for s in size]
+    return F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0])), size  # type: ignore[return-value]

@@ -1,0 +1,210 @@
+"""Training of the counting networks on synthetic patches (:mod:`pvsquant.trainingdata`).
+
+* GP-Unet: supervised with the density map (where each PVS is) plus a weak count term
+  (calibration). The density term must dominate: the count term's gradient is orders of
+  magnitude larger per unit of error, and with equal weights training is count-only in
+  disguise, which does not learn on a CPU budget (see the model card).
+* CNN: the paper's image-level label only (MSE on the count). Its encoder starts from the
+  trained GP-Unet's encoder of the same region (same architecture), then the whole network
+  is trained on counts. Trained from scratch on counts, it does not learn in a CPU budget.
+
+Checkpoints every ``checkpoint_every`` steps; a run with the same output folder resumes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .models import build_model
+from .types import REGION_CODES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides a training run (saved with the weights)."""
+
+    region: str
+    model: str
+    steps: int = 1500
+    batch_size: int = 8
+    crop: tuple[int, int, int] = (48, 48, 32)
+    learning_rate: float = 2e-3
+    density_weight: float = 1e4
+    count_weight: float = 3e-5
+    width: int = 8
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 100
+    max_minutes: float | None = None
+    init: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarray]:
+    """All cached samples of the given regions, stacked (images float16, density float16, mask bool)."""
+    parts: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "density": [], "count": []}
+    files = sorted(f for r in regions for f in Path(cache_dir).glob(f"{r}_*.npz") if not f.name.endswith(".tmp.npz"))
+    if not files:
+        raise FileNotFoundError(f"no cached samples for {', '.join(regions)} in {cache_dir}")
+    for f in files:
+        with np.load(f) as data:
+            for key in parts:
+                parts[key].append(data[key])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+class PatchBatches:
+    """Random crops and flips of cached samples, as torch batches (image, mask, density, count)."""
+
+    def __init__(self, data: dict[str, np.ndarray], crop: tuple[int, int, int], rng: np.random.Generator) -> None:
+        self.data, self.crop, self.rng = data, crop, rng
+        self.full = data["image"].shape[1:]
+
+    def next(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        idx = self.rng.integers(0, len(self.data["image"]), batch_size)
+        out: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "density": []}
+        for i in idx:
+            start = [int(self.rng.integers(0, f - c + 1)) for f, c in zip(self.full, self.crop)]
+            sl = (i,) + tuple(slice(s, s + c) for s, c in zip(start, self.crop))
+            flips = [a for a in (0, 1) if self.rng.uniform() < 0.5]
+            for key in out:
+                arr = self.data[key][sl].astype(np.float32)
+                out[key].append(np.flip(arr, axis=flips).copy() if flips else arr)
+        image, mask, density = (torch.from_numpy(np.stack(out[k]))[:, None] for k in ("image", "mask", "density"))
+        from .roi import count_mask  # the same counting mask as at inference
+
+        counting = torch.from_numpy(np.stack([count_mask(m[0].numpy() > 0.5, (0.5, 0.5, 0.8)) for m in mask]))
+        counting = counting[:, None].float()
+        count = (density * counting).sum(dim=(1, 2, 3, 4))
+        return image, counting, density * counting, count
+
+
+def loss_terms(model_name: str, pred_count: torch.Tensor, attention: torch.Tensor, density: torch.Tensor,
+               count: torch.Tensor, settings: TrainSettings) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss and its parts (see the module docstring)."""
+    count_term = ((pred_count - count) ** 2 / (count + 1.0)).mean()
+    if model_name == "gpunet":
+        density_term = ((attention - density) ** 2).mean()
+        loss = settings.density_weight * density_term + settings.count_weight * count_term
+        return loss, {"density": float(density_term.detach()) * settings.density_weight,
+                      "count": float(count_term.detach()) * settings.count_weight}
+    return count_term, {"count": float(count_term.detach())}
+
+
+def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, float]:
+    """Pearson r and MAE of predicted vs true count on whole cached samples."""
+    from .roi import count_mask
+
+    model.eval()
+    preds, truth = [], []
+    with torch.no_grad():
+        for start in range(0, len(data["image"]), batch_size):
+            image = torch.from_numpy(data["image"][start:start + batch_size].astype(np.float32))[:, None]
+            masks = np.stack([count_mask(m, (0.5, 0.5, 0.8)) for m in data["mask"][start:start + batch_size]])
+            pred, _ = model(image, torch.from_numpy(masks)[:, None].float())
+            preds.append(pred.numpy())
+            truth.append(data["count"][start:start + batch_size])
+    model.train()
+    p, t = np.concatenate(preds), np.concatenate(truth).astype(float)
+    r = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else float("nan")
+    return {"pearson_r": round(r, 4), "mae": round(float(np.abs(p - t).mean()), 3), "n": int(len(t)),
+            "mean_pred": round(float(p.mean()), 3), "mean_true": round(float(t.mean()), 3),
+            "mean_pred_when_empty": round(float(p[t == 0].mean()), 3) if np.any(t == 0) else None}
+
+
+def _init_from(model: torch.nn.Module, path: str) -> None:
+    """Start from another model's weights: all matching tensors (e.g. a GP-Unet's encoder for a CNN)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    own = model.state_dict()
+    shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    own.update(shared)
+    model.load_state_dict(own)
+    log.info("initialised %d of %d tensors from %s", len(shared), len(own), path)
+
+
+def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
+          val_dir: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Train one model; writes ``checkpoint.pt`` (resumable), the weights ``<region>_<model>.pt``
+    (what ``pvsquant run --models`` loads) and ``train_log.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    regions = list(REGION_CODES) if settings.region == "all" else [settings.region]
+    data = load_shards(cache_dir, regions)
+    log.info("training %s for %s on %d cached samples", settings.model, settings.region, len(data["image"]))
+    model = build_model(settings.model, settings.width).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=settings.learning_rate,
+                                                   total_steps=settings.steps, pct_start=0.1)
+    rng = np.random.default_rng(settings.seed)
+    step, history, elapsed = 0, [], 0.0
+    checkpoint = out_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["rng"]
+        step, history, elapsed = state["step"], state["history"], state["elapsed_s"]
+        log.info("resuming at step %d", step)
+    elif settings.init:
+        _init_from(model, settings.init)
+    batches = PatchBatches(data, settings.crop, rng)
+
+    def save_checkpoint() -> None:
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": step,
+                    "history": history, "elapsed_s": elapsed}, tmp)
+        tmp.replace(checkpoint)
+
+    start = time.perf_counter() - elapsed
+    running: list[float] = []
+    while step < settings.steps:
+        if settings.max_minutes and (time.perf_counter() - start) > 60 * settings.max_minutes:
+            log.warning("stopping at step %d: the %.0f-minute budget is spent", step, settings.max_minutes)
+            break
+        image, mask, density, count = (t.to(device) for t in batches.next(settings.batch_size))
+        pred, attention = model(image, mask)
+        loss, parts = loss_terms(settings.model, pred, attention, density, count, settings)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimiser.step()
+        schedule.step()
+        step += 1
+        running.append(float(loss))
+        if step % 20 == 0 or step == settings.steps:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / step * (settings.steps - step) if step else 0
+            history.append({"step": step, "loss": float(np.mean(running)), **parts, "elapsed_s": round(elapsed, 1)})
+            bar = "#" * int(20 * step / settings.steps)
+            log.info("[%-20s] step %5d/%d  loss %.4f  %s  %.0f s elapsed, ~%.0f s left", bar, step, settings.steps,
+                     np.mean(running), " ".join(f"{k} {v:.4f}" for k, v in parts.items()), elapsed, eta)
+            running = []
+        if step % settings.checkpoint_every == 0:
+            elapsed = time.perf_counter() - start
+            save_checkpoint()
+    elapsed = time.perf_counter() - start
+    save_checkpoint()
+    result: dict[str, Any] = {"settings": asdict(settings), "steps_done": step, "train_seconds": round(elapsed, 1),
+                              "samples": int(len(data["image"])), "pvsquant_version": __version__,
+                              "torch_version": torch.__version__}
+    if val_dir is not None:
+        result["validation"] = evaluate(model, load_shards(val_dir, regions))
+        log.info("validation on %d synthetic patches: %s", result["validation"]["n"], result["validation"])
+    torch.save({"state_dict": model.state_dict(), "model": settings.model, "width": settings.width,
+                "region": settings.region, "info": result}, out_dir / f"{settings.region}_{settings.model}.pt")
+    (out_dir / "train_log.json").write_text(json.dumps({**result, "history": history}, indent=1))
+    return result

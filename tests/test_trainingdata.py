@@ -1,0 +1,111 @@
+"""Synthetic PVS and training samples: shapes, partial volume, counts, reproducibility."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pvsquant.anatomy import standardise_labels
+from pvsquant.regions import make_regions
+from pvsquant.synthesis import Tube, blob_occupancy, tube_occupancy
+from pvsquant.trainingdata import (PVS_SHAPES, AnatomyMap, density_map, make_sample, pvs_tubes, sample_rng,
+                                   spaced_points)
+from pvsquant.types import REGION_CODES, RigidTransform, Volume
+
+from .anatomy_phantom import anatomy_phantom
+
+
+def grid(spacing, shape):
+    affine = np.diag(list(spacing) + [1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * np.asarray(spacing)
+    return affine
+
+
+def capsule_volume(length, diameter):
+    r = diameter / 2
+    return np.pi * r ** 2 * (length - diameter) + 4 / 3 * np.pi * r ** 3
+
+
+@pytest.mark.parametrize("diameter", [0.8, 2.0])
+def test_tube_partial_volume_matches_its_volume_on_fine_and_thick_grids(diameter):
+    tube = Tube(np.array([0.3, -0.2, 0.4]), np.array([0.6, 0.0, 0.8]), 10.0, diameter)
+    expected = capsule_volume(10.0, diameter)
+    fine = tube_occupancy([tube], grid((0.5, 0.5, 0.5), (60, 60, 60)), (60, 60, 60), supersample=(2, 2, 2))
+    assert fine.sum() * 0.125 == pytest.approx(expected, rel=0.08)
+    # Without sub-samples (as the training generator renders on its 0.5 mm grid) the one-voxel
+    # linear edge adds about pi * h^2 / 12 per mm of length: ~13% for a 0.8 mm tube.
+    coarse = tube_occupancy([tube], grid((0.5, 0.5, 0.5), (60, 60, 60)), (60, 60, 60))
+    assert coarse.sum() * 0.125 == pytest.approx(expected, rel=0.15)
+    thick_shape = (70, 70, 8)
+    thick = tube_occupancy([tube], grid((0.45, 0.45, 4.0), thick_shape), thick_shape, supersample=(2, 2, 8))
+    assert thick.sum() * 0.45 * 0.45 * 4.0 == pytest.approx(expected, rel=0.1)
+    if diameter < 1.0:
+        assert thick.max() < 0.6  # a thin tube fills only part of a 4 mm voxel
+
+
+def test_blob_occupancy_volume():
+    occ = blob_occupancy(np.zeros(3), np.array([3.0, 2.0, 4.0]), np.eye(3), grid((0.5,) * 3, (40,) * 3), (40,) * 3)
+    assert occ.sum() * 0.125 == pytest.approx(4 / 3 * np.pi * 24, rel=0.05)
+
+
+def test_density_map_has_unit_mass_per_centre():
+    centres = np.array([[10.2, 12.7, 8.1], [30.0, 20.0, 15.5]])
+    d = density_map(centres, (48, 48, 32), np.array([0.5, 0.5, 0.8]))
+    assert d.sum() == pytest.approx(2.0, abs=1e-4)
+    assert np.unravel_index(d.argmax(), d.shape) in {(10, 13, 8), (30, 20, 15), (30, 20, 16)}
+    edge = density_map(np.array([[0.0, 20.0, 15.0]]), (48, 48, 32), np.array([0.5, 0.5, 0.8]))
+    assert 0.4 < edge.sum() < 0.7  # half the blob lies outside the grid
+
+
+def test_spaced_points_keep_their_distance():
+    rng = np.random.default_rng(0)
+    pts = spaced_points(rng.uniform(0, 20, (500, 3)), 30, 2.5, rng)
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(len(pts)) * 99
+    assert len(pts) > 10 and d.min() >= 2.5
+
+
+@pytest.fixture(scope="module")
+def phantom_map() -> AnatomyMap:
+    anatomy = anatomy_phantom()
+    labels = anatomy.labels
+    regions = make_regions(anatomy, RigidTransform(np.eye(4), 0.0, 0.0), labels.with_array(labels.array * 1.0))
+    return AnatomyMap("phantom", labels, regions.work, np.array([0.0, 5.0, 15.0]), np.array([0.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize("region", list(REGION_CODES))
+def test_pvs_shapes_in_range(phantom_map, region):
+    rng = np.random.default_rng(1)
+    tubes = pvs_tubes(phantom_map, region, rng.uniform(-10, 10, (50, 3)), rng)
+    shape = PVS_SHAPES[region]
+    for t in tubes:
+        assert shape.diameter_mm[0] - 1e-9 <= t.diameter_mm <= shape.diameter_mm[1] + 1e-9
+        assert t.length_mm <= shape.length_mm[1] + 1e-9
+        assert np.linalg.norm(t.direction) == pytest.approx(1.0)
+    if shape.orientation == "vertical":  # mostly along the superior axis
+        assert np.median([abs(t.direction[2]) for t in tubes]) > 0.7
+
+
+def test_sample_holds_the_pvs_its_label_says(phantom_map):
+    s = make_sample(phantom_map, "basal_ganglia", sample_rng(0, "basal_ganglia", 3), density_per_ml=3.0)
+    assert s.image.shape == s.density.shape == s.region_mask.shape == (64, 64, 40)
+    assert 0.0 <= s.image.min() and s.image.max() <= 1.0
+    assert s.count == len(s.centres_vox) and s.count >= 5
+    assert s.density.sum() == pytest.approx(s.count, rel=0.1)
+    centres = np.round(s.centres_vox).astype(int)
+    assert s.region_mask[tuple(centres.T)].all()
+    # the PVS are bright: brighter at their centres than the region around them
+    assert np.median(s.image[tuple(centres.T)]) > np.median(s.image[s.region_mask]) + 0.05
+    assert s.meta["n_rendered"] >= s.count and 3.0 <= s.meta["slice_mm"] <= 7.0
+
+
+def test_sample_is_reproducible_and_empty_when_asked(phantom_map):
+    a = make_sample(phantom_map, "centrum_semiovale", sample_rng(5, "centrum_semiovale", 0))
+    b = make_sample(phantom_map, "centrum_semiovale", sample_rng(5, "centrum_semiovale", 0))
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.count == b.count
+    empty = make_sample(phantom_map, "hippocampi", np.random.default_rng(2), density_per_ml=0.0)
+    assert empty.count == 0 and empty.density.sum() == 0.0
+
+
+def test_standardised_phantom_labels_are_unchanged():
+    lab = anatomy_phantom().labels.array
+    np.testing.assert_array_equal(standardise_labels(lab), lab)
