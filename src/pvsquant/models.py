@@ -10,7 +10,7 @@ on two CPU cores and the target is 1 s per region (see ``benchmarks/counting``).
 * :class:`GPUnet`: the same encoder, a third level, an upsampling path with skip connections
   back to full resolution, a last convolution, global pooling and a linear output. Its
   attention map is the last feature maps weighted by the output layer's weights
-  (class-activation style), made non-negative by a softplus, at input resolution.
+  (class-activation style), at input resolution.
 
 Global pooling is a sum over the region's counting mask (:func:`pvsquant.roi.count_mask`):
 the paper's global average pooling times the number of voxels, so the output of a
@@ -76,15 +76,19 @@ class GPUnet(nn.Module):
         self.up1 = nn.Sequential(_conv(2 * width + c1, width), _conv(width, features))
         self.output = nn.Linear(features, 1)
         self.scale = 1e-2  # attention in PVS per voxel: a PVS is a blob of mass 1 with a peak of ~0.04
-        nn.init.constant_(self.output.bias, -4.0)  # start near an empty map (softplus(-4) * scale = 2e-4)
+        nn.init.zeros_(self.output.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Count per image (B,) and the attention (density) map (B, 1, X, Y, Z), in PVS per voxel."""
+        """Count per image (B,) and the attention (density) map (B, 1, X, Y, Z), in PVS per voxel.
+
+        The map is linear in the last features (no activation): a rectified or softplus map
+        collapses to zero under the sparse density target (measured), and small negative
+        values cancel positive noise in the count."""
         f1, f2, _ = self.encoder(x)
         f3 = self.level3(F.max_pool3d(f2, 2))
         u2 = self.up2(torch.cat([F.interpolate(f3, size=f2.shape[2:], mode="trilinear", align_corners=False), f2], 1))
         last = self.up1(torch.cat([F.interpolate(u2, size=f1.shape[2:], mode="trilinear", align_corners=False), f1], 1))
-        attention = F.softplus(torch.einsum("bcxyz,c->bxyz", last, self.output.weight[0]) + self.output.bias[0])
+        attention = torch.einsum("bcxyz,c->bxyz", last, self.output.weight[0]) + self.output.bias[0]
         attention = attention.unsqueeze(1) * self.scale
         return (attention * mask).sum(dim=(1, 2, 3, 4)), attention
 

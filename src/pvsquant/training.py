@@ -40,7 +40,7 @@ class TrainSettings:
     crop: tuple[int, int, int] = (48, 48, 32)
     learning_rate: float = 2e-3
     density_weight: float = 1e4
-    count_weight: float = 3e-5
+    count_weight: float = 1e-4
     width: int = 8
     seed: int = 0
     threads: int = 2
@@ -145,8 +145,10 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     log.info("training %s for %s on %d cached samples", settings.model, settings.region, len(data["image"]))
     model = build_model(settings.model, settings.width).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=settings.learning_rate,
-                                                   total_steps=settings.steps, pct_start=0.1)
+    warmup = max(1, settings.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 5%
+        optimiser, lambda i: min(1.0, (i + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(i, settings.steps)
+                                                                                          / settings.steps))))
     rng = np.random.default_rng(settings.seed)
     step, history, elapsed = 0, [], 0.0
     checkpoint = out_dir / "checkpoint.pt"
@@ -184,7 +186,7 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
         optimiser.step()
         schedule.step()
         step += 1
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         if step % 20 == 0 or step == settings.steps:
             elapsed = time.perf_counter() - start
             eta = elapsed / step * (settings.steps - step) if step else 0
@@ -200,7 +202,7 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     save_checkpoint()
     result: dict[str, Any] = {"settings": asdict(settings), "steps_done": step, "train_seconds": round(elapsed, 1),
                               "samples": int(len(data["image"])), "pvsquant_version": __version__,
-                              "torch_version": torch.__version__}
+                              "torch_version": str(torch.__version__)}
     if val_dir is not None:
         result["validation"] = evaluate(model, load_shards(val_dir, regions))
         log.info("validation on %d synthetic patches: %s", result["validation"]["n"], result["validation"])

@@ -170,8 +170,10 @@ class Settings:
     # counting
     models_dir: str | None = None
     """Folder of the user's own (fine-tuned) ``<region>_<model>.pt`` weights; the shipped ones fill gaps."""
-    detection_peak_fraction: float = 0.4
-    """A PVS is detected where the attention peaks above this fraction of one isolated PVS's peak."""
+    detection_level: float = 1.5e-3
+    """Detected PVS: components of the GP-Unet attention map above this level (PVS per voxel) ..."""
+    detection_min_mass: float = 0.3
+    """... holding at least this many PVS (the map's sum over the component)."""
     # QC thresholds
     thick_slice_warn_mm: float = 6.0
     registration_min_mi: float = 0.45

@@ -1,0 +1,98 @@
+"""Counting stage: detection on an attention map, outputs with stable names and world coordinates."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pvsquant.counting import MODELS, RegionCounts, count_region, detect_pvs, save_count_outputs
+from pvsquant.grids import voxel_indices
+from pvsquant.models import build_model
+from pvsquant.roi import count_mask
+from pvsquant.synthesis import Tube
+from pvsquant.trainingdata import density_map, line_density
+from pvsquant.types import REGION_CODES, RegionCrop, Volume
+
+SPACING = (0.5, 0.5, 0.8)
+
+
+def blobs(centres, shape=(60, 60, 30)):
+    return density_map(np.asarray(centres, float), shape, np.asarray(SPACING))
+
+
+def test_detect_pvs_finds_each_pvs_once():
+    centres = [[10, 10, 10], [30, 40, 15], [45, 20, 20]]
+    attention = blobs(centres)
+    affine = np.diag(list(SPACING) + [1.0])
+    long_pvs = Tube(np.array([10.0, 25.0, 12.0]), np.array([0.0, 0.0, 1.0]), 16.0, 1.5)
+    attention += line_density([long_pvs], affine, attention.shape)  # a 16 mm PVS along z
+    counting = np.ones(attention.shape, bool)
+    labels, found = detect_pvs(attention, counting)
+    assert len(found) == 4 and labels.max() == 4
+    assert {tuple(c) for c in centres} <= {p for p, _, _, _ in found}
+    assert all(mass == pytest.approx(1.0, abs=0.15) for *_, mass in found)
+    line = [f for f in found if f[0] not in {tuple(c) for c in centres}][0]
+    assert line[2] > 40  # the long PVS is one component along its length
+    # Outside the counting mask nothing is detected; a faint blob (a fifth of a PVS) is not a PVS.
+    counting[:25] = False
+    assert len(detect_pvs(attention, counting)[1]) == 2
+    assert detect_pvs(0.2 * blobs(centres), np.ones_like(counting))[1] == []
+
+
+def _crop(shape=(40, 40, 24)):
+    affine = np.diag([0.5, 0.5, 0.8, 1.0])
+    affine[:3, 3] = [-10.0, -10.0, -9.6]
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.2, 0.3, shape).astype(np.float32)
+    region = np.zeros(shape, bool)
+    region[8:32, 8:32, 5:19] = True
+    soft = region.astype(np.float32)
+    return RegionCrop("basal_ganglia", Volume(image, affine), Volume(soft, affine), affine, (0, 0, 0), shape,
+                      False, Volume(region, affine))
+
+
+def test_count_region_runs_every_model():
+    models = {("basal_ganglia", m): build_model(m, 4).eval() for m in ("gpunet", "cnn")}
+    res = count_region(_crop(), models, SPACING)
+    assert set(res.counts) == set(MODELS)
+    assert res.attention.shape == (40, 40, 24)  # linear map: may dip below zero
+    counting = count_mask(_crop().region_mask.array, SPACING)  # the region grown by 1 mm
+    assert res.counts["gpunet"] == pytest.approx(float(res.attention.array[counting].sum()), rel=1e-4)
+    with pytest.raises(KeyError, match="no cnn weights"):
+        count_region(_crop(), {("basal_ganglia", "gpunet"): models[("basal_ganglia", "gpunet")]}, SPACING)
+
+
+def test_outputs_have_stable_names_and_world_coordinates(tmp_path):
+    crop = _crop()
+    attention = blobs([[20, 20, 12], [12, 28, 9]], shape=crop.box_shape)
+    labels, found = detect_pvs(attention, crop.region_mask.array)
+    from pvsquant.counting import Detection
+    from pvsquant.grids import world_coordinates
+
+    dets = [Detection("basal_ganglia", tuple(world_coordinates(crop.image.affine, np.array([p]))[0]), pk, n)
+            for p, pk, n, _ in found]
+    res = RegionCounts("basal_ganglia", {"gpunet": 2.0, "cnn": 1.5, "frangi": 3.0},
+                       Volume(attention, crop.image.affine), dets, Volume(labels, crop.image.affine),
+                       Volume(np.zeros(crop.box_shape, np.int32), crop.image.affine))
+    t2_affine = np.diag([0.45, 0.45, 3.0, 1.0])
+    t2_affine[:3, 3] = [-12.0, -12.0, -12.0]
+    t2 = Volume(np.zeros((60, 60, 9), np.float32), t2_affine)
+    save_count_outputs({"basal_ganglia": res}, tuple(REGION_CODES), t2, tmp_path)
+
+    lines = (tmp_path / "counts.tsv").read_text().splitlines()
+    assert lines[0] == "region\tmodel\tcount" and len(lines) == 1 + 4 * 3
+    assert "basal_ganglia\tgpunet\t2.0" in lines and "hippocampi\tcnn\tn/a" in lines
+    assert json.loads((tmp_path / "counts.json").read_text())[3] == {"region": "basal_ganglia", "model": "gpunet",
+                                                                      "count": 2.0}
+    table = (tmp_path / "pvs.tsv").read_text().splitlines()
+    assert table[0] == "id\tregion\tx\ty\tz\tpeak\tsize_vox" and len(table) == 3
+    pvs = nib.load(str(tmp_path / "pvs.nii.gz"))
+    data = np.asarray(pvs.dataobj)
+    for row in table[1:]:
+        pid, region, x, y, z = row.split("\t")[:5]
+        vox = np.round(voxel_indices(pvs.affine, np.array([[float(x), float(y), float(z)]]))[0]).astype(int)
+        assert data[tuple(vox)] == int(pid) and region == "basal_ganglia"
+    att = nib.load(str(tmp_path / "attention_basal_ganglia.nii.gz"))
+    assert att.shape == t2.shape and np.asarray(att.dataobj).max() > 0

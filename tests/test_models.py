@@ -1,0 +1,61 @@
+"""The two networks: shapes, non-negative attention that sums to the count, masking."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pvsquant.models import CountCNN, GPUnet, build_model, pad_to_multiple
+
+
+@pytest.fixture()
+def batch():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 24, 20, 16)
+    mask = torch.zeros_like(x)
+    mask[:, :, 4:20, 4:16, 2:14] = 1
+    return x, mask
+
+
+def test_gpunet_count_is_the_sum_of_its_attention_in_the_mask(batch):
+    x, mask = batch
+    count, attention = GPUnet(width=4).eval()(x, mask)
+    assert count.shape == (2,) and attention.shape == x.shape
+    torch.testing.assert_close(count, (attention * mask).sum(dim=(1, 2, 3, 4)))
+    # Nothing outside the mask is counted.
+    far = x.clone()
+    far[:, :, :2] = 1.0
+    count_far, attention_far = GPUnet(width=4).eval()(far, torch.zeros_like(mask))
+    assert torch.all(count_far == 0)
+
+
+def test_cnn_counts_from_pooled_features(batch):
+    x, mask = batch
+    model = CountCNN(width=4).eval()
+    count, contribution = model(x, mask)
+    assert count.shape == (2,) and contribution.shape == (2, 1, 12, 10, 8)
+    pooled = torch.nn.functional.max_pool3d(mask, 2)
+    torch.testing.assert_close(count, (contribution * pooled).sum(dim=(1, 2, 3, 4)))
+    # Counting is additive: splitting the mask splits the count.
+    half = mask.clone()
+    half[:, :, 12:] = 0
+    rest = mask - half
+    total = model(x, half)[0] + model(x, rest)[0]
+    torch.testing.assert_close(total, count, rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_encoder_is_the_gpunet_encoder():
+    cnn, unet = build_model("cnn", 8), build_model("gpunet", 8)
+    enc_cnn = {k: v.shape for k, v in cnn.state_dict().items() if k.startswith("encoder.")}
+    enc_unet = {k: v.shape for k, v in unet.state_dict().items() if k.startswith("encoder.")}
+    assert enc_cnn == enc_unet and enc_cnn
+
+
+def test_build_model_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet")
+
+
+def test_pad_to_multiple():
+    x = torch.zeros(1, 1, 13, 16, 7)
+    padded, size = pad_to_multiple(x, 4)
+    assert padded.shape[2:] == (16, 16, 8) and size == (13, 16, 7)
