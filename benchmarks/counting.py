@@ -89,8 +89,8 @@ def inject(case: dict, n: int, rng: np.random.Generator) -> tuple[Volume, dict[s
 
 def count_all(t2: Volume, case: dict, models: dict, settings: Settings) -> dict:
     crops = crop_regions(t2, case["regions"], settings)
-    return {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level, settings.detection_min_mass)
-            for name, crop in crops.items()}, crops
+    return {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level,
+                               settings.detection_min_mass) for name, crop in crops.items()}, crops
 
 
 def segment_distance(points: np.ndarray, tube) -> np.ndarray:
@@ -126,12 +126,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", type=Path)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--scans", type=int, default=len(SCANS), help="use only the first N scans (quick check)")
     args = parser.parse_args()
     settings = Settings(models_dir=str(args.models) if args.models else None)
     models = load_models(settings.models_dir, settings.threads)
     rows, clean_counts, timings = [], {}, []
     start = time.perf_counter()
-    for patient, study in SCANS:
+    for patient, study in SCANS[: args.scans]:
         scan = f"{patient}_{study}"
         t1p, t2p = RAW / patient / f"{study}_T1W.nii.gz", RAW / patient / f"{study}_T2W.nii.gz"
         if not t2p.exists():
@@ -202,7 +203,7 @@ def write_markdown(result: dict) -> None:
     lines = ["# Counting benchmark: synthetic PVS injected into real clinical scans", "",
              f"Machine: {machine()}. Command: `python benchmarks/counting.py` "
              f"(levels {result['levels']}, {result['repeats']} repeats; {result['total_seconds']:.0f} s in all).", "",
-             "Per region, N PVS injected into each of 3 real T2 scans (open_ms_data, MS patients, 3.3-4 mm slices). "
+             f"Per region, N PVS injected into each of {len(result['clean_counts'])} real T2 scans (open_ms_data, MS patients, 3.3-4 mm slices). "
              "r, slope and MAE compare N with the increase of the count over the clean scan. "
              "Recall and precision: GP-Unet detections new in the injected scan, within 2.5 mm of an injected centre.",
              "", "| region | model | Pearson r | slope | MAE | GP-Unet recall | GP-Unet precision |",

@@ -10,8 +10,8 @@ from pvsquant.models import CountCNN, GPUnet, build_model, pad_to_multiple
 @pytest.fixture()
 def batch():
     torch.manual_seed(0)
-    x = torch.rand(2, 1, 24, 20, 16)
-    mask = torch.zeros_like(x)
+    x = torch.rand(2, 2, 24, 20, 16)  # T2 and vesselness
+    mask = torch.zeros(2, 1, 24, 20, 16)
     mask[:, :, 4:20, 4:16, 2:14] = 1
     return x, mask
 
@@ -19,12 +19,12 @@ def batch():
 def test_gpunet_count_is_the_sum_of_its_attention_in_the_mask(batch):
     x, mask = batch
     count, attention = GPUnet(width=4).eval()(x, mask)
-    assert count.shape == (2,) and attention.shape == x.shape
+    assert count.shape == (2,) and attention.shape == (2, 1, 24, 20, 16)
     torch.testing.assert_close(count, (attention * mask).sum(dim=(1, 2, 3, 4)))
     # Nothing outside the mask is counted.
     far = x.clone()
     far[:, :, :2] = 1.0
-    count_far, attention_far = GPUnet(width=4).eval()(far, torch.zeros_like(mask))
+    count_far, _ = GPUnet(width=4).eval()(far, torch.zeros_like(mask))
     assert torch.all(count_far == 0)
 
 

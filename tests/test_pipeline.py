@@ -30,7 +30,8 @@ def test_run_subject_writes_every_output(phantom_case, tmp_path):
     t1, t2, aseg = phantom_case
     out = tmp_path / "sub-01"
     result = run_subject(SubjectInputs(t1, t2, labels=aseg, subject_id="sub-01"), out)
-    for name in ("anatomy.nii.gz", "regions.nii.gz", "qc.json", "settings.json", "regions.png", "roi.png"):
+    for name in ("anatomy.nii.gz", "regions.nii.gz", "qc.json", "settings.json", "regions.png", "roi.png",
+                 "counts.tsv", "counts.json", "pvs.tsv", "pvs.nii.gz", "attention.png"):
         assert (out / name).is_file(), name
     t2_img, regions = nib.load(str(t2)), nib.load(str(out / "regions.nii.gz"))
     assert regions.shape == t2_img.shape
@@ -49,6 +50,19 @@ def test_run_subject_writes_every_output(phantom_case, tmp_path):
     assert qc["registration"]["mattes_mi"] < 0
     assert qc["regions"]["volumes_ml"]["hippocampi"] > 2
     assert result.qc == qc
+    # counts: every region x model, names as other programs read them
+    rows = [line.split("\t") for line in (out / "counts.tsv").read_text().splitlines()]
+    assert rows[0] == ["region", "model", "count"]
+    assert {(r[0], r[1]) for r in rows[1:]} == {(r, m) for r in REGION_CODES for m in ("gpunet", "cnn", "frangi")}
+    assert all(float(r[2]) == float(r[2]) for r in rows[1:])  # numbers, not n/a: every region exists here
+    assert json.loads((out / "counts.json").read_text()) == qc["counts"]
+    assert (out / "pvs.tsv").read_text().splitlines()[0] == "id\tregion\tx\ty\tz\tpeak\tsize_vox"
+    for region in REGION_CODES:
+        attention = nib.load(str(out / f"attention_{region}.nii.gz"))
+        assert attention.shape == t2_img.shape
+    pvs = nib.load(str(out / "pvs.nii.gz"))
+    assert pvs.shape == t2_img.shape and np.asarray(pvs.dataobj).max() == len((out / "pvs.tsv").read_text().splitlines()) - 1
+    assert set(qc["inference_seconds"]) == set(REGION_CODES)
     assert json.loads((out / "settings.json").read_text())["cso_offset_mm"] == 10.0
 
 

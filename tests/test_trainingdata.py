@@ -9,7 +9,7 @@ from pvsquant.regions import make_regions
 from pvsquant.synthesis import Tube, blob_occupancy, tube_occupancy
 from pvsquant.trainingdata import (PVS_SHAPES, AnatomyMap, density_map, line_density, make_sample, pvs_tubes,
                                    sample_rng, spaced_points)
-from pvsquant.types import REGION_CODES, RigidTransform, Volume
+from pvsquant.types import REGION_CODES, RigidTransform
 
 from .anatomy_phantom import anatomy_phantom
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import PvsError
-from .types import Settings, SubjectInputs
+from .types import REGION_CODES, Settings, SubjectInputs
 
 log = logging.getLogger("pvsquant")
 
@@ -51,10 +51,58 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--subject", help="subject id for reports (default: output folder name)")
     _add_common(run)
 
+    run.add_argument("--models", type=Path, help="folder of your own <region>_<model>.pt weights "
+                     "(e.g. from pvsquant train or finetune); the shipped weights fill the rest")
+
+    train = sub.add_parser("train", help="train a counting network on synthetic PVS (see MODEL_CARD.md)")
+    train.add_argument("--region", required=True, choices=list(REGION_CODES) + ["all"])
+    train.add_argument("--model", required=True, choices=["cnn", "gpunet"])
+    train.add_argument("--out", required=True, type=Path, help="run folder: weights, checkpoint, log (resumes)")
+    train.add_argument("--cache", type=Path, help="folder of cached synthetic samples (made when missing; "
+                       "default OUT/cache)")
+    train.add_argument("--maps", type=Path, help="folder of aseg-coded label maps to synthesise from "
+                       "(default: SynthSeg's training maps in ../shared/data, or $PVSQUANT_LABEL_MAPS)")
+    train.add_argument("--samples", type=int, default=400, help="synthetic training patches per region")
+    train.add_argument("--val-samples", type=int, default=50, help="held-out patches per region (other maps)")
+    train.add_argument("--val-maps", type=int, default=2, help="how many label maps are held out for validation")
+    train.add_argument("--steps", type=int, default=800)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--init", type=Path, help="start from these weights (e.g. a GP-Unet for a CNN)")
+    train.add_argument("--minutes", type=float, help="stop after this many minutes (a checkpoint is kept)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("-v", "--verbose", action="store_true")
+
     demo = sub.add_parser("demo", help="run the pipeline on the example patient shipped in the package")
     demo.add_argument("--out", type=Path, default=Path("pvsquant_demo"), help="output folder (default ./pvsquant_demo)")
     _add_common(demo)
     return parser
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """pvsquant train: cache synthetic samples (resumable), then train (resumable)."""
+    from .trainingdata import default_label_maps, generate_dataset
+    from .training import TrainSettings, train
+
+    maps = sorted(args.maps.glob("*.nii*")) if args.maps else default_label_maps()
+    if len(maps) <= args.val_maps:
+        log.error("need more than %d label maps, found %d", args.val_maps, len(maps))
+        return 1
+    cache = args.cache or args.out / "cache"
+    regions = list(REGION_CODES) if args.region == "all" else [args.region]
+    for region in regions:
+        generate_dataset(maps[: len(maps) - args.val_maps], region, args.samples, cache / "train", seed=args.seed,
+                         workers=args.threads)
+        generate_dataset(maps[len(maps) - args.val_maps:], region, args.val_samples, cache / "val",
+                         seed=args.seed + 1000, workers=args.threads, shard_size=25)
+    settings = TrainSettings(region=args.region, model=args.model, steps=args.steps, batch_size=args.batch_size,
+                             learning_rate=args.lr, seed=args.seed, threads=args.threads, max_minutes=args.minutes,
+                             init=str(args.init) if args.init else None)
+    result = train(settings, cache / "train", args.out, val_dir=cache / "val", device=args.device)
+    print(json.dumps({k: result[k] for k in ("steps_done", "train_seconds", "validation") if k in result}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("matplotlib", "PIL", "h5py"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "train":
+        return train_command(args)
     from .pipeline import run_subject  # heavy imports after argument parsing
 
-    settings = Settings(segmenter=args.segmenter, threads=args.threads)
+    models = getattr(args, "models", None)
+    settings = Settings(segmenter=args.segmenter, threads=args.threads, models_dir=str(models) if models else None)
     overwrite = args.overwrite
     if args.command == "demo":
         inputs = example_inputs()

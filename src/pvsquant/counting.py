@@ -72,7 +72,7 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
             raise FileNotFoundError(f"models folder {folder} does not exist")
         for f in sorted(folder.glob("*.pt")):
             state = torch.load(f, map_location="cpu", weights_only=True)
-            model = build_model(state["model"], state["width"])
+            model = build_model(state["model"], state["width"], state.get("in_channels", 2))
             model.load_state_dict(state["state_dict"])
             model.eval()
             model.source = str(f)  # type: ignore[assignment]
@@ -131,10 +131,19 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_m
     region_mask = crop.region_mask.array if crop.region_mask is not None else soft >= 0.5
     counting = count_mask(region_mask, spacing_mm)
     box = _support_box(soft)
-    x = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32))[None, None]
-    m = torch.from_numpy(np.ascontiguousarray(counting[box], dtype=np.float32))[None, None]
     counts: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    frangi = count_frangi(image[box], np.where(region_mask[box], 1.0, 0.0), spacing_mm)
+    frangi_labels = np.zeros(image.shape, np.int32)
+    frangi_labels[box] = frangi.labels
+    seconds["frangi"] = round(time.perf_counter() - start, 3)
+    counts["frangi"] = float(frangi.count)
+
+    # The networks see the T2 crop and the region's vesselness (the map the Frangi count thresholds).
+    channels = np.stack([image[box], frangi.vesselness]).astype(np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(channels))[None]
+    m = torch.from_numpy(np.ascontiguousarray(counting[box], dtype=np.float32))[None, None]
     attention = np.zeros(image.shape, np.float32)
     for name in ("gpunet", "cnn"):
         model = models.get((crop.region, name))
@@ -147,13 +156,6 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_m
         counts[name] = float(value[0])
         if name == "gpunet":
             attention[box] = amap[0, 0].numpy()
-    start = time.perf_counter()
-    frangi = count_frangi(image[box], np.where(region_mask[box], 1.0, 0.0), spacing_mm)
-    frangi_labels = np.zeros(image.shape, np.int32)
-    frangi_labels[box] = frangi.labels
-    seconds["frangi"] = round(time.perf_counter() - start, 3)
-    counts["frangi"] = float(frangi.count)
-
     labels, found = detect_pvs(attention, counting, level, min_mass)
     affine = crop.image.affine
     detections = [Detection(crop.region, tuple(float(v) for v in world_coordinates(affine, np.array([p]))[0]),

@@ -95,3 +95,44 @@ def plot_roi_crops(crops: dict, path: str | Path, n_slices: int = 5) -> Path:
     fig.savefig(path, dpi=80, facecolor="black")
     plt.close(fig)
     return path
+
+
+def plot_attention(crops: dict, counted: dict, path: str | Path) -> Path:
+    """Per region, as the paper's Fig. 2: the T2 crop, the GP-Unet attention map with the region's
+    contour, and their overlay with the detected PVS circled, on the axial slice with most detections."""
+    rows = [name for name in crops if name in counted]
+    fig, axes = plt.subplots(max(len(rows), 1), 3, figsize=(10.5, 3.4 * max(len(rows), 1)),
+                             facecolor="black", squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for row, name in enumerate(rows):
+        crop, res = crops[name], counted[name]
+        image, att = crop.image.array, res.attention.array
+        labels = res.detection_labels.array
+        region = crop.region_mask.array if crop.region_mask is not None else crop.mask.array >= 0.5
+        per_slice = np.array([len(np.unique(labels[:, :, k])) - 1 for k in range(labels.shape[2])])
+        k = int(per_slice.argmax()) if per_slice.max() > 0 else int(np.argmax(region.sum(axis=(0, 1))))
+        spacing = crop.image.spacing_mm
+        aspect = spacing[1] / spacing[0]
+        vmax = max(float(att.max()), 1e-6)
+        title = (f"{name.replace('_', ' ')} z={k}: GP-Unet {res.counts['gpunet']:.1f}, "
+                 f"CNN {res.counts['cnn']:.1f}, Frangi {res.counts['frangi']:.0f}")
+        axes[row, 0].imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspect)
+        axes[row, 0].set_title(title, color="white", fontsize=8, loc="left")
+        axes[row, 1].imshow(att[:, :, k].T, cmap="inferno", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
+        axes[row, 1].contour(region[:, :, k].T.astype(float), levels=[0.5], colors=REGION_COLOURS[name],
+                             linewidths=0.6)
+        axes[row, 1].set_title("attention (GP-Unet)", color="white", fontsize=8)
+        axes[row, 2].imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspect)
+        axes[row, 2].imshow(np.ma.masked_less(att[:, :, k].T, 0.05 * vmax), cmap="inferno", origin="lower",
+                            vmin=0, vmax=vmax, alpha=0.6, aspect=aspect)
+        ids = [i for i in np.unique(labels[:, :, k]) if i > 0]
+        for i in ids:
+            xs, ys = np.nonzero(labels[:, :, k] == i)
+            axes[row, 2].plot(xs.mean(), ys.mean(), "o", mfc="none", mec="cyan", ms=7, mew=0.8)
+        axes[row, 2].set_title(f"overlay, {len(ids)} detected PVS on this slice", color="white", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path

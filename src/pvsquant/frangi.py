@@ -249,6 +249,21 @@ def _elongation(coords: np.ndarray) -> float:
     return float(np.sqrt(ev[0] / ev[1])) if ev[1] > 1e-12 else float("inf")
 
 
+def _filled(array: np.ndarray, mask: np.ndarray, settings: FrangiSettings) -> np.ndarray:
+    """The image with the region's median added outside it (so the mask's edge is not a ridge)."""
+    inside = mask >= 0.5
+    if settings.fill_outside and inside.any():
+        return array + (1 - np.clip(mask, 0, 1)) * np.float32(np.median(array[inside]))
+    return array
+
+
+def region_vesselness(image: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float],
+                      settings: FrangiSettings = FrangiSettings()) -> np.ndarray:
+    """The vesselness that :func:`count_frangi` thresholds (outside filled): the networks' second input."""
+    return vesselness(_filled(np.asarray(image, np.float32), np.asarray(mask, np.float32), settings), spacing_mm,
+                      settings)
+
+
 def count_frangi(image: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float],
                  settings: FrangiSettings = FrangiSettings()) -> FrangiResult:
     """Threshold the vesselness, connected components, keep components whose size is in range
@@ -262,8 +277,7 @@ def count_frangi(image: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, f
     spacing = _check_spacing(spacing_mm)
     labels = np.zeros(array.shape, np.int32)
     inside = mask_arr >= 0.5
-    if settings.fill_outside and inside.any():
-        array = array + (1 - np.clip(mask_arr, 0, 1)) * np.float32(np.median(array[inside]))
+    array = _filled(array, mask_arr, settings)
     v = vesselness(array, spacing_mm, settings)
     if not inside.any():
         return FrangiResult(0, labels, v)

@@ -33,11 +33,11 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
 class Encoder(nn.Module):
     """The paper's encoder: conv, conv, concat input, max-pool, conv, conv, concat pooled input."""
 
-    def __init__(self, width: int = 8) -> None:
+    def __init__(self, width: int = 8, in_channels: int = 2) -> None:
         super().__init__()
-        self.level1 = nn.Sequential(_conv(1, width), _conv(width, width))
-        self.level2 = nn.Sequential(_conv(width + 1, 2 * width), _conv(2 * width, 2 * width))
-        self.channels = (width + 1, 2 * width + 1)
+        self.level1 = nn.Sequential(_conv(in_channels, width), _conv(width, width))
+        self.level2 = nn.Sequential(_conv(width + in_channels, 2 * width), _conv(2 * width, 2 * width))
+        self.channels = (width + in_channels, 2 * width + in_channels)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f1 = torch.cat([self.level1(x), x], dim=1)
@@ -49,9 +49,9 @@ class Encoder(nn.Module):
 class CountCNN(nn.Module):
     """Encoder, global (sum) pooling over the counting mask at half resolution, linear output."""
 
-    def __init__(self, width: int = 8) -> None:
+    def __init__(self, width: int = 8, in_channels: int = 2) -> None:
         super().__init__()
-        self.encoder = Encoder(width)
+        self.encoder = Encoder(width, in_channels)
         self.output = nn.Linear(self.encoder.channels[1], 1)
         self.scale = 8.0 * 1e-3  # voxels per pooled voxel, and a fixed gain: keeps the output's scale tame
 
@@ -67,14 +67,15 @@ class CountCNN(nn.Module):
 class GPUnet(nn.Module):
     """Encoder, third level, decoder with skip connections, attention map and its sum."""
 
-    def __init__(self, width: int = 8, features: int = 8) -> None:
+    def __init__(self, width: int = 8, in_channels: int = 2, features: int = 8) -> None:
         super().__init__()
-        self.encoder = Encoder(width)
+        self.encoder = Encoder(width, in_channels)
         c1, c2 = self.encoder.channels
         self.level3 = nn.Sequential(_conv(c2, 4 * width), _conv(4 * width, 4 * width))
         self.up2 = nn.Sequential(_conv(4 * width + c2, 2 * width), _conv(2 * width, 2 * width))
         self.up1 = nn.Sequential(_conv(2 * width + c1, width), _conv(width, features))
         self.output = nn.Linear(features, 1)
+        self.segment = nn.Linear(features, 1)  # auxiliary in training: is this voxel on a PVS axis?
         self.scale = 1e-2  # attention in PVS per voxel: a PVS is a blob of mass 1 with a peak of ~0.04
         nn.init.zeros_(self.output.bias)
 
@@ -88,16 +89,17 @@ class GPUnet(nn.Module):
         f3 = self.level3(F.max_pool3d(f2, 2))
         u2 = self.up2(torch.cat([F.interpolate(f3, size=f2.shape[2:], mode="trilinear", align_corners=False), f2], 1))
         last = self.up1(torch.cat([F.interpolate(u2, size=f1.shape[2:], mode="trilinear", align_corners=False), f1], 1))
+        self.last_features = last  # kept for the auxiliary segmentation loss
         attention = torch.einsum("bcxyz,c->bxyz", last, self.output.weight[0]) + self.output.bias[0]
         attention = attention.unsqueeze(1) * self.scale
         return (attention * mask).sum(dim=(1, 2, 3, 4)), attention
 
 
-def build_model(name: str, width: int = 8) -> nn.Module:
+def build_model(name: str, width: int = 8, in_channels: int = 2) -> nn.Module:
     if name == "cnn":
-        return CountCNN(width)
+        return CountCNN(width, in_channels)
     if name == "gpunet":
-        return GPUnet(width)
+        return GPUnet(width, in_channels)
     raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
 
 

@@ -24,12 +24,13 @@ import numpy as np
 
 from . import __version__
 from .anatomy import segment_anatomy, structure_volumes_ml
-from .figures import plot_regions_mosaic, plot_roi_crops
+from .counting import count_region, load_models, save_count_outputs
+from .figures import plot_attention, plot_regions_mosaic, plot_roi_crops
 from .io import atomic_output_dir, check_pair_overlap, load_volume, save_volume, write_json
 from .regions import make_regions, regions_on_grid
 from .registration import register_t1_to_t2
 from .roi import crop_regions
-from .types import QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
+from .types import REGION_CODES, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,19 @@ def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings =
                     flags.append(QCFlag(f"roi_clipped_{name}", f"region {name} is larger than its "
                                         f"{settings.roi_box_mm[name]} mm box and was cut"))
 
-        with timer.stage("figures", "regions.png, roi.png"):
+        with timer.stage("count", "PVS counts: GP-Unet and CNN (shipped weights), Frangi baseline"):
+            models = load_models(settings.models_dir, settings.threads)
+            counted = {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level,
+                                          settings.detection_min_mass) for name, crop in crops.items()}
+            count_rows = save_count_outputs(counted, tuple(REGION_CODES), t2, tmp)
+            for name, res in counted.items():
+                log.info("  %-18s gpunet %6.1f  cnn %6.1f  frangi %4.0f  (%d detected)", name,
+                         res.counts["gpunet"], res.counts["cnn"], res.counts["frangi"], len(res.detections))
+            model_files = {f"{r}_{m}": getattr(models[(r, m)], "source", None) for r, m in sorted(models)}
+
+        with timer.stage("figures", "regions.png, roi.png, attention.png"):
             plot_roi_crops(crops, tmp / "roi.png")
+            plot_attention(crops, counted, tmp / "attention.png")
             plot_regions_mosaic(t2, regions_t2, tmp / "regions.png",
                                 title=f"{inputs.subject_id or t2.source.name}: regions on T2")
 
@@ -178,6 +190,10 @@ def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings =
                                                       settings.cso_offset_mm + settings.cso_slab_thickness_mm],
                         "superior_axis_t2_world": np.round(regions.superior_axis_t2, 4).tolist()},
             "roi": roi_info,
+            "counts": count_rows,
+            "detected_pvs": {name: len(res.detections) for name, res in counted.items()},
+            "inference_seconds": {name: res.seconds for name, res in counted.items()},
+            "models": model_files,
             "timings_s": timer.timings,
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "versions": package_versions(),

@@ -1,9 +1,11 @@
 """Training of the counting networks on synthetic patches (:mod:`pvsquant.trainingdata`).
 
-* GP-Unet: supervised with the density map (where each PVS is) plus a weak count term
-  (calibration). The density term must dominate: the count term's gradient is orders of
-  magnitude larger per unit of error, and with equal weights training is count-only in
-  disguise, which does not learn on a CPU budget (see the model card).
+* GP-Unet: supervised with the density map (where each PVS is), a weak count term
+  (calibration) and an auxiliary voxel-wise segmentation of the PVS axes (class-balanced
+  cross-entropy on a second linear read-out of the last feature maps: a dense signal that
+  trains the features faster than the sparse density target alone). The count term must stay
+  weak: its gradient is orders of magnitude larger per unit of error, and with equal weights
+  training is count-only in disguise, which does not learn on a CPU budget (see the model card).
 * CNN: the paper's image-level label only (MSE on the count). Its encoder starts from the
   trained GP-Unet's encoder of the same region (same architecture), then the whole network
   is trained on counts. Trained from scratch on counts, it does not learn in a CPU budget.
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from . import __version__
 from .models import build_model
@@ -42,6 +45,9 @@ class TrainSettings:
     density_weight: float = 1e4
     count_weight: float = 1e-4
     width: int = 8
+    in_channels: int = 2
+    segment_weight: float = 1.0
+    segment_threshold: float = 1e-3
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 100
@@ -54,13 +60,30 @@ def load_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarr
     """All cached samples of the given regions, stacked (images float16, density float16, mask bool)."""
     parts: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "density": [], "count": []}
     files = sorted(f for r in regions for f in Path(cache_dir).glob(f"{r}_*.npz") if not f.name.endswith(".tmp.npz"))
+    files = [f for f in files if ".vesselness" not in f.name]
     if not files:
         raise FileNotFoundError(f"no cached samples for {', '.join(regions)} in {cache_dir}")
+    vesselness = []
     for f in files:
         with np.load(f) as data:
             for key in parts:
                 parts[key].append(data[key])
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        sidecar = f.with_name(f.name.replace(".npz", ".vesselness.npy"))
+        if not sidecar.exists():  # computed once per shard, then cached beside it
+            np.save(sidecar, network_channels(parts["image"][-1], parts["mask"][-1]))
+        vesselness.append(np.load(sidecar))
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    data["vesselness"] = np.concatenate(vesselness)
+    return data
+
+
+def network_channels(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The networks' second input for each cached sample: the region's Frangi vesselness
+    (:func:`pvsquant.frangi.region_vesselness`), exactly as ``pvsquant run`` computes it."""
+    from .frangi import region_vesselness
+
+    return np.stack([region_vesselness(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8))
+                     for i, m in zip(images, masks)]).astype(np.float16)
 
 
 class PatchBatches:
@@ -72,7 +95,7 @@ class PatchBatches:
 
     def next(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         idx = self.rng.integers(0, len(self.data["image"]), batch_size)
-        out: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "density": []}
+        out: dict[str, list[np.ndarray]] = {"image": [], "vesselness": [], "mask": [], "density": []}
         for i in idx:
             start = [int(self.rng.integers(0, f - c + 1)) for f, c in zip(self.full, self.crop)]
             sl = (i,) + tuple(slice(s, s + c) for s, c in zip(start, self.crop))
@@ -80,7 +103,8 @@ class PatchBatches:
             for key in out:
                 arr = self.data[key][sl].astype(np.float32)
                 out[key].append(np.flip(arr, axis=flips).copy() if flips else arr)
-        image, mask, density = (torch.from_numpy(np.stack(out[k]))[:, None] for k in ("image", "mask", "density"))
+        image = torch.from_numpy(np.stack([np.stack(out["image"]), np.stack(out["vesselness"])], axis=1))
+        mask, density = (torch.from_numpy(np.stack(out[k]))[:, None] for k in ("mask", "density"))
         from .roi import count_mask  # the same counting mask as at inference
 
         counting = torch.from_numpy(np.stack([count_mask(m[0].numpy() > 0.5, (0.5, 0.5, 0.8)) for m in mask]))
@@ -89,15 +113,22 @@ class PatchBatches:
         return image, counting, density * counting, count
 
 
-def loss_terms(model_name: str, pred_count: torch.Tensor, attention: torch.Tensor, density: torch.Tensor,
+def loss_terms(model: torch.nn.Module, pred_count: torch.Tensor, attention: torch.Tensor, density: torch.Tensor,
                count: torch.Tensor, settings: TrainSettings) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss and its parts (see the module docstring)."""
     count_term = ((pred_count - count) ** 2 / (count + 1.0)).mean()
-    if model_name == "gpunet":
+    if settings.model == "gpunet":
         density_term = ((attention - density) ** 2).mean()
-        loss = settings.density_weight * density_term + settings.count_weight * count_term
+        on_axis = (density > settings.segment_threshold).float()
+        logit = torch.einsum("bcxyz,c->bxyz", model.last_features, model.segment.weight[0]).unsqueeze(1)
+        positive = float(on_axis.mean().clamp(1e-4, 0.5))
+        segment_term = F.binary_cross_entropy_with_logits(logit + model.segment.bias[0], on_axis,
+                                                          pos_weight=torch.tensor((1 - positive) / positive))
+        loss = (settings.density_weight * density_term + settings.count_weight * count_term
+                + settings.segment_weight * segment_term)
         return loss, {"density": float(density_term.detach()) * settings.density_weight,
-                      "count": float(count_term.detach()) * settings.count_weight}
+                      "count": float(count_term.detach()) * settings.count_weight,
+                      "segment": float(segment_term.detach()) * settings.segment_weight}
     return count_term, {"count": float(count_term.detach())}
 
 
@@ -109,7 +140,9 @@ def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: in
     preds, truth = [], []
     with torch.no_grad():
         for start in range(0, len(data["image"]), batch_size):
-            image = torch.from_numpy(data["image"][start:start + batch_size].astype(np.float32))[:, None]
+            chunk = slice(start, start + batch_size)
+            image = torch.from_numpy(np.stack([data["image"][chunk], data["vesselness"][chunk]], axis=1)
+                                     .astype(np.float32))
             masks = np.stack([count_mask(m, (0.5, 0.5, 0.8)) for m in data["mask"][start:start + batch_size]])
             pred, _ = model(image, torch.from_numpy(masks)[:, None].float())
             preds.append(pred.numpy())
@@ -143,12 +176,14 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     regions = list(REGION_CODES) if settings.region == "all" else [settings.region]
     data = load_shards(cache_dir, regions)
     log.info("training %s for %s on %d cached samples", settings.model, settings.region, len(data["image"]))
-    model = build_model(settings.model, settings.width).to(device)
+    model = build_model(settings.model, settings.width, settings.in_channels).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     warmup = max(1, settings.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 5%
-        optimiser, lambda i: min(1.0, (i + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(i, settings.steps)
-                                                                                          / settings.steps))))
+
+    def lr_factor(i: int) -> float:  # linear warm-up, then cosine decay to 5%
+        return min(1.0, (i + 1) / warmup) * (0.05 + 0.475 * (1 + np.cos(np.pi * min(i, settings.steps) / settings.steps)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     rng = np.random.default_rng(settings.seed)
     step, history, elapsed = 0, [], 0.0
     checkpoint = out_dir / "checkpoint.pt"
@@ -179,7 +214,7 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
             break
         image, mask, density, count = (t.to(device) for t in batches.next(settings.batch_size))
         pred, attention = model(image, mask)
-        loss, parts = loss_terms(settings.model, pred, attention, density, count, settings)
+        loss, parts = loss_terms(model, pred, attention, density, count, settings)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -207,6 +242,7 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
         result["validation"] = evaluate(model, load_shards(val_dir, regions))
         log.info("validation on %d synthetic patches: %s", result["validation"]["n"], result["validation"])
     torch.save({"state_dict": model.state_dict(), "model": settings.model, "width": settings.width,
+                "in_channels": settings.in_channels,
                 "region": settings.region, "info": result}, out_dir / f"{settings.region}_{settings.model}.pt")
     (out_dir / "train_log.json").write_text(json.dumps({**result, "history": history}, indent=1))
     return result

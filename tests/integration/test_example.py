@@ -76,6 +76,30 @@ def test_demo_outputs(demo_out, example):
     assert (demo_out / "regions.png").stat().st_size > 50_000
 
 
+def test_demo_counts_and_detections(demo_out, example):
+    """The real example gets a finite count from every model in every region, attention maps on the
+    T2 grid, and detected PVS that lie where pvs.nii.gz labels them."""
+    _, _, t2 = example
+    rows = [line.split("\t") for line in (demo_out / "counts.tsv").read_text().splitlines()[1:]]
+    assert len(rows) == 12
+    for region, model, count in rows:
+        assert np.isfinite(float(count)), (region, model)
+        if model == "frangi":
+            assert float(count) >= 0
+    pvs = nib.load(str(demo_out / "pvs.nii.gz"))
+    labels = np.asarray(pvs.dataobj)
+    table = [line.split("\t") for line in (demo_out / "pvs.tsv").read_text().splitlines()[1:]]
+    assert labels.max() == len(table)
+    inv = np.linalg.inv(pvs.affine)
+    for pid, region, x, y, z, *_ in table:
+        vox = np.round(inv[:3, :3] @ [float(x), float(y), float(z)] + inv[:3, 3]).astype(int)
+        assert labels[tuple(vox)] == int(pid) and region in REGION_CODES
+    for region in REGION_CODES:
+        assert nib.load(str(demo_out / f"attention_{region}.nii.gz")).shape == t2.shape
+    qc = json.loads((demo_out / "qc.json").read_text())
+    assert set(qc["models"]) >= {f"{r}_{m}" for r in REGION_CODES for m in ("gpunet", "cnn")}
+
+
 def test_user_labels_reproduce_the_atlas_regions(demo_out, example, tmp_path):
     """--labels with the demo's own anatomy.nii.gz gives the same basal ganglia and hippocampi."""
     inputs, _, _ = example
