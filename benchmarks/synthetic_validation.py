@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 def main(val_dir: str) -> None:
     models = load_models()
     lines = ["# Synthetic validation: patch counts on held-out label maps", "",
-             f"Command: `python benchmarks/synthetic_validation.py CACHE/val` (cache of `pvsquant train`).", "",
+             "Command: `python benchmarks/synthetic_validation.py CACHE/val` (cache of `pvsquant train`).", "",
              "| region | patches | model | Pearson r | MAE |", "|---|---|---|---|---|"]
     for region in REGION_CODES:
         data = load_shards(val_dir, [region])
