@@ -177,16 +177,14 @@ def counts_rows(results: dict[str, RegionCounts], regions: tuple[str, ...]) -> l
 def save_count_outputs(results: dict[str, RegionCounts], regions: tuple[str, ...], t2: Volume,
                        out_dir: Path) -> list[dict[str, Any]]:
     """counts.tsv/json, attention_<region>.nii.gz, pvs.nii.gz and pvs.tsv (T2 grid, world RAS+ mm)."""
-    import json
-
-    from .io import save_volume
+    from .io import save_volume, write_json
     from .roi import paste_back
 
     rows = counts_rows(results, regions)
     lines = ["region\tmodel\tcount"] + [f"{r['region']}\t{r['model']}\t{'n/a' if r['count'] is None else r['count']}"
                                         for r in rows]
     (out_dir / "counts.tsv").write_text("\n".join(lines) + "\n")
-    (out_dir / "counts.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_json(rows, out_dir / "counts.json")
 
     pvs = np.zeros(t2.shape, np.int32)
     table = ["id\tregion\tx\ty\tz\tpeak\tsize_vox"]

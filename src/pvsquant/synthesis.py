@@ -63,14 +63,7 @@ def bias_field(shape: tuple[int, ...], rng: np.random.Generator, strength: float
 def paint_t1(labels: Volume, rng: np.random.Generator) -> Volume:
     """A T1-like image of a label map: per-label intensity and texture, blur, bias field."""
     lab = labels.array.astype(np.int32)
-    codes = np.unique(lab)
-    table = t1_intensities(codes, rng)
-    lut = np.zeros(int(codes.max()) + 1, np.float32)
-    for c, v in table.items():
-        lut[c] = v
-    image = lut[lab]
-    texture = ndimage.gaussian_filter(rng.normal(0, 1, lab.shape).astype(np.float32), 1.0)
-    image *= 1.0 + rng.uniform(0.03, 0.08) * texture / (texture.std() + 1e-6)
+    image = paint(lab, t1_intensities(np.unique(lab), rng), rng, texture=(0.03, 0.08))
     image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.9) / labels.spacing_mm)
     image *= bias_field(lab.shape, rng)
     return labels.with_array(np.clip(image, 0, None).astype(np.float32))
