@@ -114,3 +114,26 @@ def test_cli_labels_lacking_structures(phantom_case, tmp_path, caplog):
     aseg = save_nifti(tmp_path / "only_hippo.nii.gz", lab, np.diag([3.0, 3.0, 3.0, 1.0]))
     assert main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(tmp_path / "o")]) == 1
     assert "lacks white matter (2/41)" in caplog.text
+
+
+def test_cli_bad_models_folder_or_weights_exit_nonzero_and_write_nothing(phantom_case, tmp_path, caplog):
+    t1, t2, aseg = phantom_case
+    out = tmp_path / "out"
+    missing = tmp_path / "no_such_models"
+    assert main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(out),
+                 "--models", str(missing)]) == 1
+    assert str(missing) in caplog.text and not out.exists()
+    bad = tmp_path / "models"
+    bad.mkdir()
+    (bad / "basal_ganglia_gpunet.pt").write_bytes(b"not a checkpoint")
+    assert main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(out),
+                 "--models", str(bad)]) == 1
+    assert "basal_ganglia_gpunet.pt: not pvsquant weights" in caplog.text and not out.exists()
+
+
+def test_cli_train_without_label_maps_exits_nonzero(tmp_path, caplog):
+    empty = tmp_path / "maps"
+    empty.mkdir()
+    assert main(["train", "--region", "midbrain", "--model", "gpunet", "--out", str(tmp_path / "run"),
+                 "--maps", str(empty)]) == 1
+    assert f"need more than 2 label maps (*.nii, *.nii.gz) in {empty}, found 0" in caplog.text

@@ -88,7 +88,8 @@ def train_command(args: argparse.Namespace) -> int:
 
     maps = sorted(args.maps.glob("*.nii*")) if args.maps else default_label_maps()
     if len(maps) <= args.val_maps:
-        log.error("need more than %d label maps, found %d", args.val_maps, len(maps))
+        log.error("need more than %d label maps (*.nii, *.nii.gz) in %s, found %d", args.val_maps,
+                  args.maps or "the default folder", len(maps))
         return 1
     cache = args.cache or args.out / "cache"
     regions = list(REGION_CODES) if args.region == "all" else [args.region]
@@ -113,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("matplotlib", "PIL", "h5py"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "train":
-        return train_command(args)
+        try:
+            return train_command(args)
+        except (PvsError, FileNotFoundError) as exc:
+            log.error("%s: %s", type(exc).__name__, exc)
+            return 1
     from .pipeline import run_subject  # heavy imports after argument parsing
 
     models = getattr(args, "models", None)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .errors import InputFileNotFoundError, InputImageError
 from .frangi import count_frangi
 from .grids import world_coordinates
 from .roi import count_mask
@@ -69,11 +70,15 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
     folders = [shipped_models_dir()] + ([Path(models_dir)] if models_dir else [])
     for folder in folders:
         if not folder.is_dir():
-            raise FileNotFoundError(f"models folder {folder} does not exist")
+            raise InputFileNotFoundError(f"models folder {folder} does not exist")
         for f in sorted(folder.glob("*.pt")):
-            state = torch.load(f, map_location="cpu", weights_only=True)
-            model = build_model(state["model"], state["width"], state.get("in_channels", 2))
-            model.load_state_dict(state["state_dict"])
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+                model = build_model(state["model"], state["width"], state.get("in_channels", 2))
+                model.load_state_dict(state["state_dict"])
+            except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
+                raise InputImageError(f"{f}: not pvsquant weights ({type(exc).__name__}: {exc}); "
+                                      "expected a file written by pvsquant train") from exc
             model.eval()
             model.source = str(f)  # type: ignore[assignment]
             found[(state["region"], state["model"])] = model

@@ -113,12 +113,13 @@ def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings =
     timer = StageTimer()
     t_start = time.perf_counter()
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        with timer.stage("load", "reading and checking the T1 and T2"):
+        with timer.stage("load", "reading and checking the T1, the T2 and the network weights"):
             t1 = load_volume(inputs.t1, "T1")
             t2 = load_volume(inputs.t2, "T2")
             user_labels = load_volume(inputs.labels, "label map", labels=True) if inputs.labels else None
             overlap = check_pair_overlap(t1, t2)
             flags = input_flags(t1, t2, overlap, settings)
+            models = load_models(settings.models_dir, settings.threads)  # fail fast on bad weights
 
         with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information)"):
             transform = register_t1_to_t2(t1, t2, settings)
@@ -152,7 +153,6 @@ def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings =
                                         f"{settings.roi_box_mm[name]} mm box and was cut"))
 
         with timer.stage("count", "PVS counts: GP-Unet and CNN (shipped weights), Frangi baseline"):
-            models = load_models(settings.models_dir, settings.threads)
             counted = {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level,
                                           settings.detection_min_mass) for name, crop in crops.items()}
             count_rows = save_count_outputs(counted, tuple(REGION_CODES), t2, tmp)
