@@ -31,7 +31,8 @@ def test_run_subject_writes_every_output(phantom_case, tmp_path):
     out = tmp_path / "sub-01"
     result = run_subject(SubjectInputs(t1, t2, labels=aseg, subject_id="sub-01"), out)
     for name in ("anatomy.nii.gz", "regions.nii.gz", "qc.json", "settings.json", "regions.png", "roi.png",
-                 "counts.tsv", "counts.json", "pvs.tsv", "pvs.nii.gz", "attention.png"):
+                 "counts.tsv", "counts.json", "pvs.tsv", "pvs.nii.gz", "attention.png", "pvs.png",
+                 "registration.png", "report.html"):
         assert (out / name).is_file(), name
     t2_img, regions = nib.load(str(t2)), nib.load(str(out / "regions.nii.gz"))
     assert regions.shape == t2_img.shape

@@ -1,4 +1,5 @@
-"""Pictures for people: an axial mosaic of the T2 with the regions outlined."""
+"""Pictures for people: the regions on the T2, the network inputs, the attention maps, the
+detected PVS and the registration check (each a PNG in the output folder)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -134,5 +135,73 @@ def plot_attention(crops: dict, counted: dict, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path
+
+
+def plot_detections(crops: dict, counted: dict, path: str | Path, n_slices: int = 4) -> Path:
+    """Per region, the axial slices of the network input with the most detected PVS, each
+    detection circled (cyan) where its component lies on that slice, with the region's contour."""
+    rows = [name for name in crops if name in counted]
+    fig, axes = plt.subplots(max(len(rows), 1), n_slices, figsize=(2.9 * n_slices, 3.1 * max(len(rows), 1)),
+                             facecolor="black", squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for row, name in enumerate(rows):
+        crop, res = crops[name], counted[name]
+        image, labels = crop.image.array, res.detection_labels.array
+        region = crop.region_mask.array if crop.region_mask is not None else crop.mask.array >= 0.5
+        per_slice = np.array([len(np.unique(labels[:, :, k])) - 1 for k in range(labels.shape[2])])
+        with_region = np.flatnonzero(region.any(axis=(0, 1)))
+        if per_slice.max() > 0:
+            chosen = sorted(np.argsort(-per_slice, kind="stable")[:n_slices])
+        elif with_region.size:
+            chosen = list(np.linspace(with_region.min(), with_region.max(), n_slices + 2)[1:-1].round().astype(int))
+        else:
+            continue
+        spacing = crop.image.spacing_mm
+        for col, k in enumerate(chosen):
+            ax = axes[row, col]
+            ax.imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=spacing[1] / spacing[0])
+            ax.contour(region[:, :, k].T.astype(float), levels=[0.5], colors=REGION_COLOURS[name], linewidths=0.5)
+            ids = [i for i in np.unique(labels[:, :, k]) if i > 0]
+            for i in ids:
+                xs, ys = np.nonzero(labels[:, :, k] == i)
+                ax.plot(xs.mean(), ys.mean(), "o", mfc="none", mec="cyan", ms=8, mew=0.9)
+            ax.set_title(f"{name.replace('_', ' ')} z={k}: {len(ids)} PVS", color="white", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path
+
+
+def plot_registration(t1: Volume, t2: Volume, t2_to_t1: np.ndarray, path: str | Path, n_slices: int = 4) -> Path:
+    """Registration check: edges of the registered T1 (red) over axial slices of the T2."""
+    from skimage.feature import canny
+
+    from .grids import resample
+
+    t1_on_t2 = resample(t1, t2.affine, t2.shape, order=1, target_to_source_world=t2_to_t1)
+    image, moving = to_ras(t2).astype(np.float32), to_ras(t1_on_t2).astype(np.float32)
+    aspect = axial_aspect(t2)
+    nz = image.shape[2]
+    inside = np.flatnonzero((moving > 0).reshape(-1, nz).mean(axis=0) > 0.05)
+    lo, hi = (inside.min(), inside.max()) if inside.size else (0, nz - 1)
+    slices = np.linspace(lo, hi, n_slices + 2)[1:-1].round().astype(int)
+    vmax = float(np.percentile(image[image > 0], 99.5)) if np.any(image > 0) else 1.0
+    fig, axes = plt.subplots(1, n_slices, figsize=(3.2 * n_slices, 3.6), facecolor="black", squeeze=False)
+    for ax, k in zip(axes[0], slices):
+        ax.axis("off")
+        ax.imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
+        sl = moving[:, :, k]
+        if np.ptp(sl) > 0:
+            edges = canny(sl / np.ptp(sl), sigma=2.0, low_threshold=0.05, high_threshold=0.12)
+            ax.imshow(np.ma.masked_where(~edges.T, edges.T), cmap="autumn", origin="lower", aspect=aspect,
+                      interpolation="nearest", alpha=0.9)
+        ax.set_title(f"T2 slice {k}, T1 edges in red", color="white", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90, facecolor="black")
     plt.close(fig)
     return path

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,13 @@ import numpy as np
 from . import __version__
 from .anatomy import segment_anatomy, structure_volumes_ml
 from .counting import count_region, load_models, save_count_outputs
-from .figures import plot_attention, plot_regions_mosaic, plot_roi_crops
+from .figures import plot_attention, plot_detections, plot_registration, plot_regions_mosaic, plot_roi_crops
 from .io import atomic_output_dir, check_pair_overlap, load_volume, save_volume, write_json
-from .regions import make_regions, regions_on_grid
+from .regions import Regions, make_regions, regions_on_grid
 from .registration import register_t1_to_t2
-from .roi import crop_regions
-from .types import REGION_CODES, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
+from .report import write_report
+from .roi import crop_regions, save_crop
+from .types import REGION_CODES, Anatomy, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,131 @@ def registration_flags(transform: RigidTransform, settings: Settings) -> list[QC
     return []
 
 
+@dataclass
+class PreparedSubject:
+    """Everything before the network inputs: the inputs, the registration, the labels and the
+    regions (nothing written yet). :func:`quantify_subject` turns it into outputs."""
+
+    inputs: SubjectInputs
+    t1: Volume
+    t2: Volume
+    overlap: float
+    flags: list[QCFlag]
+    models: dict
+    transform: RigidTransform
+    anatomy: Anatomy
+    regions: Regions
+
+
+def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer) -> PreparedSubject:
+    """Load and check the inputs and weights, register T1 -> T2, label the T1, make the regions."""
+    with timer.stage("load", "reading and checking the T1, the T2 and the network weights"):
+        t1 = load_volume(inputs.t1, "T1")
+        t2 = load_volume(inputs.t2, "T2")
+        user_labels = load_volume(inputs.labels, "label map", labels=True) if inputs.labels else None
+        overlap = check_pair_overlap(t1, t2)
+        flags = input_flags(t1, t2, overlap, settings)
+        models = load_models(settings.models_dir, settings.threads)  # fail fast on bad weights
+
+    with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information)"):
+        transform = register_t1_to_t2(t1, t2, settings)
+        log.info("  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
+                 transform.rotation_deg, transform.translation_mm, transform.score, transform.initial_score)
+        flags.extend(registration_flags(transform, settings))
+
+    method = "labels" if user_labels is not None else settings.segmenter
+    with timer.stage("anatomy", f"anatomical labels from the T1 ({method})"):
+        anatomy = segment_anatomy(t1, settings, labels=user_labels)
+
+    with timer.stage("regions", "counting regions on the T2 (CSO, basal ganglia, hippocampi, midbrain)"):
+        regions = make_regions(anatomy, transform, t2, settings)
+        flags.extend(regions.flags)
+        for name, ml in regions.volumes_ml.items():
+            log.info("  %-18s %7.1f ml", name, ml)
+    return PreparedSubject(inputs, t1, t2, overlap, flags, models, transform, anatomy, regions)
+
+
+def quantify_subject(prep: PreparedSubject, out: Path, settings: Settings, timer: StageTimer,
+                     t_start: float, extra_qc: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict]:
+    """Network inputs, counts, figures, qc.json and report.html of a prepared subject, written to ``out``.
+
+    ``extra_qc`` goes into qc.json as is (e.g. what a synthetic case is made of)."""
+    t1, t2, inputs, regions, transform, anatomy = prep.t1, prep.t2, prep.inputs, prep.regions, prep.transform, prep.anatomy
+    flags = list(prep.flags)
+    save_volume(anatomy.labels, out / "anatomy.nii.gz", dtype=np.int16)
+    regions_t2 = regions_on_grid(regions, t2.affine, t2.shape)
+    save_volume(regions_t2, out / "regions.nii.gz", dtype=np.uint8)
+
+    with timer.stage("roi", "network inputs: T2 at 0.5x0.5x0.8 mm, masked, cropped, normalised"):
+        crops = crop_regions(t2, regions, settings)
+        roi_info = {}
+        for name, crop in crops.items():
+            save_crop(crop, out / "roi")
+            roi_info[name] = {"file": f"roi/{name}.nii.gz", "shape": list(crop.box_shape),
+                              "box_start": list(crop.box_start), "clipped": crop.clipped}
+            if crop.clipped:
+                flags.append(QCFlag(f"roi_clipped_{name}", f"region {name} is larger than its "
+                                    f"{settings.roi_box_mm[name]} mm box and was cut"))
+
+    with timer.stage("count", "PVS counts: GP-Unet and CNN, Frangi baseline"):
+        counted = {name: count_region(crop, prep.models, settings.target_spacing_mm, settings.detection_level,
+                                      settings.detection_min_mass) for name, crop in crops.items()}
+        count_rows = save_count_outputs(counted, tuple(REGION_CODES), t2, out)
+        for name, res in counted.items():
+            log.info("  %-18s gpunet %6.1f  cnn %6.1f  frangi %4.0f  (%d detected)", name,
+                     res.counts["gpunet"], res.counts["cnn"], res.counts["frangi"], len(res.detections))
+        model_files = {f"{r}_{m}": getattr(prep.models[(r, m)], "source", None) for r, m in sorted(prep.models)}
+
+    subject = inputs.subject_id or (t2.source.name if t2.source else "subject")
+    with timer.stage("figures", "regions.png, roi.png, attention.png, pvs.png, registration.png"):
+        plot_roi_crops(crops, out / "roi.png")
+        plot_attention(crops, counted, out / "attention.png")
+        plot_detections(crops, counted, out / "pvs.png")
+        plot_regions_mosaic(t2, regions_t2, out / "regions.png", title=f"{subject}: regions on T2")
+        plot_registration(t1, t2, transform.t2_to_t1, out / "registration.png")
+
+    timer.timings["total"] = round(time.perf_counter() - t_start, 2)
+    qc = {
+        "pvsquant_version": __version__,
+        "subject": inputs.subject_id,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "warn" if flags else "pass",
+        "flags": [{"code": f.code, "message": f.message, "severity": f.severity} for f in flags],
+        "inputs": {"t1": describe_input(t1), "t2": describe_input(t2),
+                   "labels": str(inputs.labels) if inputs.labels else None,
+                   "t2_fov_inside_t1_fraction": round(prep.overlap, 3)},
+        "registration": {"method": "SimpleITK Euler3D, Mattes MI", "mattes_mi": round(transform.score, 4),
+                         "mattes_mi_headers": round(transform.initial_score, 4),
+                         "rotation_deg": round(transform.rotation_deg, 3),
+                         "translation_mm": round(transform.translation_mm, 3),
+                         "t2_to_t1_world": np.round(transform.t2_to_t1, 6).tolist()},
+        "anatomy": {"method": anatomy.method, "structure_volumes_ml":
+                    {k: round(v, 2) for k, v in structure_volumes_ml(anatomy).items()},
+                    "superior_axis_t1_world": np.round(anatomy.superior_axis, 4).tolist()},
+        "regions": {"volumes_ml": {k: round(v, 2) for k, v in regions.volumes_ml.items()},
+                    "caudate_top_mm": None if regions.caudate_top_mm is None else round(regions.caudate_top_mm, 2),
+                    "cso_slab_mm_above_caudate": [settings.cso_offset_mm,
+                                                  settings.cso_offset_mm + settings.cso_slab_thickness_mm],
+                    "superior_axis_t2_world": np.round(regions.superior_axis_t2, 4).tolist()},
+        "roi": roi_info,
+        "counts": count_rows,
+        "detected_pvs": {name: len(res.detections) for name, res in counted.items()},
+        "inference_seconds": {name: res.seconds for name, res in counted.items()},
+        "models": model_files,
+        "timings_s": timer.timings,
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "versions": package_versions(),
+        "settings": settings.to_json(),
+        **(extra_qc or {}),
+    }
+    for flag in flags:
+        log.warning("QC: %s", flag.message)
+    write_json(settings.to_json(), out / "settings.json")
+    write_json(qc, out / "qc.json")
+    write_report(out)
+    return qc, crops
+
+
 def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings = Settings(),
                 overwrite: bool = False) -> SubjectResult:
     """Run the pipeline for one subject and write its outputs to ``out_dir``.
@@ -113,95 +240,7 @@ def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings =
     timer = StageTimer()
     t_start = time.perf_counter()
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        with timer.stage("load", "reading and checking the T1, the T2 and the network weights"):
-            t1 = load_volume(inputs.t1, "T1")
-            t2 = load_volume(inputs.t2, "T2")
-            user_labels = load_volume(inputs.labels, "label map", labels=True) if inputs.labels else None
-            overlap = check_pair_overlap(t1, t2)
-            flags = input_flags(t1, t2, overlap, settings)
-            models = load_models(settings.models_dir, settings.threads)  # fail fast on bad weights
-
-        with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information)"):
-            transform = register_t1_to_t2(t1, t2, settings)
-            log.info("  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
-                     transform.rotation_deg, transform.translation_mm, transform.score, transform.initial_score)
-            flags.extend(registration_flags(transform, settings))
-
-        method = "labels" if user_labels is not None else settings.segmenter
-        with timer.stage("anatomy", f"anatomical labels from the T1 ({method})"):
-            anatomy = segment_anatomy(t1, settings, labels=user_labels)
-            save_volume(anatomy.labels, tmp / "anatomy.nii.gz", dtype=np.int16)
-
-        with timer.stage("regions", "counting regions on the T2 (CSO, basal ganglia, hippocampi, midbrain)"):
-            regions = make_regions(anatomy, transform, t2, settings)
-            flags.extend(regions.flags)
-            regions_t2 = regions_on_grid(regions, t2.affine, t2.shape)
-            save_volume(regions_t2, tmp / "regions.nii.gz", dtype=np.uint8)
-            for name, ml in regions.volumes_ml.items():
-                log.info("  %-18s %7.1f ml", name, ml)
-
-        with timer.stage("roi", "network inputs: T2 at 0.5x0.5x0.8 mm, masked, cropped, normalised"):
-            crops = crop_regions(t2, regions, settings)
-            roi_info = {}
-            for name, crop in crops.items():
-                save_volume(crop.image, tmp / "roi" / f"{name}.nii.gz", dtype=np.float32)
-                save_volume(crop.mask, tmp / "roi" / f"{name}_mask.nii.gz", dtype=np.float32)
-                roi_info[name] = {"file": f"roi/{name}.nii.gz", "shape": list(crop.box_shape),
-                                  "box_start": list(crop.box_start), "clipped": crop.clipped}
-                if crop.clipped:
-                    flags.append(QCFlag(f"roi_clipped_{name}", f"region {name} is larger than its "
-                                        f"{settings.roi_box_mm[name]} mm box and was cut"))
-
-        with timer.stage("count", "PVS counts: GP-Unet and CNN (shipped weights), Frangi baseline"):
-            counted = {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level,
-                                          settings.detection_min_mass) for name, crop in crops.items()}
-            count_rows = save_count_outputs(counted, tuple(REGION_CODES), t2, tmp)
-            for name, res in counted.items():
-                log.info("  %-18s gpunet %6.1f  cnn %6.1f  frangi %4.0f  (%d detected)", name,
-                         res.counts["gpunet"], res.counts["cnn"], res.counts["frangi"], len(res.detections))
-            model_files = {f"{r}_{m}": getattr(models[(r, m)], "source", None) for r, m in sorted(models)}
-
-        with timer.stage("figures", "regions.png, roi.png, attention.png"):
-            plot_roi_crops(crops, tmp / "roi.png")
-            plot_attention(crops, counted, tmp / "attention.png")
-            plot_regions_mosaic(t2, regions_t2, tmp / "regions.png",
-                                title=f"{inputs.subject_id or t2.source.name}: regions on T2")
-
-        timer.timings["total"] = round(time.perf_counter() - t_start, 2)
-        qc = {
-            "pvsquant_version": __version__,
-            "subject": inputs.subject_id,
-            "status": "warn" if flags else "pass",
-            "flags": [{"code": f.code, "message": f.message, "severity": f.severity} for f in flags],
-            "inputs": {"t1": describe_input(t1), "t2": describe_input(t2),
-                       "labels": str(inputs.labels) if inputs.labels else None,
-                       "t2_fov_inside_t1_fraction": round(overlap, 3)},
-            "registration": {"method": "SimpleITK Euler3D, Mattes MI", "mattes_mi": round(transform.score, 4),
-                             "mattes_mi_headers": round(transform.initial_score, 4),
-                             "rotation_deg": round(transform.rotation_deg, 3),
-                             "translation_mm": round(transform.translation_mm, 3),
-                             "t2_to_t1_world": np.round(transform.t2_to_t1, 6).tolist()},
-            "anatomy": {"method": anatomy.method, "structure_volumes_ml":
-                        {k: round(v, 2) for k, v in structure_volumes_ml(anatomy).items()},
-                        "superior_axis_t1_world": np.round(anatomy.superior_axis, 4).tolist()},
-            "regions": {"volumes_ml": {k: round(v, 2) for k, v in regions.volumes_ml.items()},
-                        "caudate_top_mm": None if regions.caudate_top_mm is None else round(regions.caudate_top_mm, 2),
-                        "cso_slab_mm_above_caudate": [settings.cso_offset_mm,
-                                                      settings.cso_offset_mm + settings.cso_slab_thickness_mm],
-                        "superior_axis_t2_world": np.round(regions.superior_axis_t2, 4).tolist()},
-            "roi": roi_info,
-            "counts": count_rows,
-            "detected_pvs": {name: len(res.detections) for name, res in counted.items()},
-            "inference_seconds": {name: res.seconds for name, res in counted.items()},
-            "models": model_files,
-            "timings_s": timer.timings,
-            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "versions": package_versions(),
-            "settings": settings.to_json(),
-        }
-        for flag in flags:
-            log.warning("QC: %s", flag.message)
-        write_json(settings.to_json(), tmp / "settings.json")
-        write_json(qc, tmp / "qc.json")
-    log.info("outputs in %s (%.1f s)", out_dir, timer.timings["total"])
+        prep = prepare_subject(inputs, settings, timer)
+        qc, crops = quantify_subject(prep, tmp, settings, timer, t_start)
+    log.info("outputs in %s (%.1f s); open %s", out_dir, timer.timings["total"], out_dir / "report.html")
     return SubjectResult(out_dir=out_dir, qc=qc, crops=crops)

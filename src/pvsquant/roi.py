@@ -11,6 +11,8 @@ computed on it pastes back with :func:`paste_back`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
@@ -117,3 +119,32 @@ def crop_regions(t2: Volume, regions: Regions, settings: Settings = Settings()) 
 def paste_back(box_map: Volume, t2: Volume, order: int = 1) -> Volume:
     """A map computed on a crop (e.g. an attention map), put back on the T2 grid."""
     return resample(box_map, t2.affine, t2.shape, order=order)
+
+
+def save_crop(crop: RegionCrop, roi_dir: Path) -> None:
+    """``<region>.nii.gz`` (network input), ``<region>_mask.nii.gz`` (smoothed mask) and
+    ``<region>_region.nii.gz`` (the region itself) in ``roi_dir``."""
+    from .io import save_volume
+
+    save_volume(crop.image, roi_dir / f"{crop.region}.nii.gz", dtype=np.float32)
+    save_volume(crop.mask, roi_dir / f"{crop.region}_mask.nii.gz", dtype=np.float32)
+    if crop.region_mask is not None:
+        save_volume(crop.region_mask.with_array(crop.region_mask.array.astype(np.uint8)),
+                    roi_dir / f"{crop.region}_region.nii.gz", dtype=np.uint8)
+
+
+def load_crop(roi_dir: Path, region: str) -> RegionCrop | None:
+    """A crop written by :func:`save_crop` (None when the region was empty). Outputs written
+    before that file existed have none: the smoothed mask above 0.5 stands in for it."""
+    from .io import load_volume
+
+    path = Path(roi_dir) / f"{region}.nii.gz"
+    if not path.is_file():
+        return None
+    image = load_volume(path, f"{region} network input")
+    mask = load_volume(Path(roi_dir) / f"{region}_mask.nii.gz", f"{region} mask")
+    region_file = Path(roi_dir) / f"{region}_region.nii.gz"
+    inside = (load_volume(region_file, f"{region} region", labels=True).array > 0 if region_file.is_file()
+              else mask.array >= 0.5)
+    return RegionCrop(region=region, image=image, mask=mask, grid_affine=image.affine, box_start=(0, 0, 0),
+                      box_shape=image.shape, clipped=False, region_mask=image.with_array(inside))

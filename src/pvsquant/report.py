@@ -1,0 +1,144 @@
+"""report.html: one self-contained page per subject (images embedded) that a clinician opens
+in any browser, offline. Built only from the files of a ``pvsquant run`` output folder, so it
+can be rebuilt later with ``pvsquant report OUTDIR``."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from .types import REGION_CODES
+
+MODEL_LABELS = {"gpunet": "GP-Unet", "cnn": "CNN", "frangi": "Frangi baseline"}
+POTTER_REGIONS = ("centrum_semiovale", "basal_ganglia")
+FIGURES = (
+    ("regions.png", "Counting regions outlined on the T2"),
+    ("attention.png", "Per region, as in Dubost et al. Fig. 2: T2 input, GP-Unet attention map with the "
+                      "region's contour, and their overlay with detected PVS circled"),
+    ("pvs.png", "Detected PVS (cyan circles) on the slices where most of them lie"),
+    ("registration.png", "Registration check: edges of the registered T1 (red) over the T2"),
+    ("roi.png", "Network inputs: T2 resampled to 0.5 x 0.5 x 0.8 mm, masked and normalised"),
+)
+
+STYLE = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1150px;
+       color: #1d1d1f; background: #fff; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; padding-top: 0.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; }
+th { background: #f2f2f2; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.status { display: inline-block; padding: 2px 12px; border-radius: 10px; color: #fff; font-weight: bold; }
+.pass { background: #2e7d32; } .warn { background: #ef8c00; } .fail { background: #c62828; }
+.banner { background: #fff3cd; border: 1px solid #e0b000; padding: 8px 12px; margin: 10px 0; }
+.note { color: #555; font-size: 0.9em; } figure { margin: 0.8em 0; } figure img { max-width: 100%; }
+figcaption { color: #444; font-size: 0.9em; }
+"""
+
+
+def potter_category(count: float | None) -> int | None:
+    """Potter et al. (2015) PVS rating band of a count: 0 none, 1: 1-10, 2: 11-20, 3: 21-40, 4: > 40."""
+    if count is None:
+        return None
+    n = round(count)
+    if n <= 0:
+        return 0
+    return 1 if n <= 10 else 2 if n <= 20 else 3 if n <= 40 else 4
+
+
+def embed_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def counts_table(qc: dict[str, Any]) -> str:
+    counts = {(r["region"], r["model"]): r["count"] for r in qc.get("counts", [])}
+    detected = qc.get("detected_pvs", {})
+    head = "".join(f"<th>{m}</th>" for m in MODEL_LABELS.values())
+    rows = [f"<tr><th>region</th>{head}<th>detected PVS</th><th>category (GP-Unet)</th></tr>"]
+    for region in REGION_CODES:
+        cells = "".join(f'<td class="num">{_fmt(counts.get((region, m)), 0 if m == "frangi" else 1)}</td>'
+                        for m in MODEL_LABELS)
+        category = potter_category(counts.get((region, "gpunet"))) if region in POTTER_REGIONS else None
+        rows.append(f"<tr><td>{region.replace('_', ' ')}</td>{cells}"
+                    f'<td class="num">{_esc(detected.get(region, "n/a"))}</td>'
+                    f'<td class="num">{"" if category is None else category}</td></tr>')
+    return '<table id="counts">' + "".join(rows) + "</table>"
+
+
+def header_table(qc: dict[str, Any]) -> str:
+    inputs = qc.get("inputs", {})
+    models = qc.get("models", {})
+    user = sorted({str(Path(p).parent) for p in models.values() if p and "pvsquant/data/models" not in p})
+    rows = [
+        ("subject", qc.get("subject")),
+        ("T1", (inputs.get("t1") or {}).get("path")),
+        ("T2", (inputs.get("t2") or {}).get("path")),
+        ("T2 voxel size (mm)", " x ".join(f"{v:g}" for v in (inputs.get("t2") or {}).get("spacing_mm", []))),
+        ("processed", qc.get("date", "unknown")),
+        ("software", f"pvsquant {qc.get('pvsquant_version')}, torch {qc.get('versions', {}).get('torch', '?')}"),
+        ("network weights", "shipped (synthetic training, see MODEL_CARD.md)" if not user
+         else "your own from " + ", ".join(user) + " (the shipped weights fill the rest)"),
+        ("anatomy", qc.get("anatomy", {}).get("method")),
+        ("total run time", f"{qc.get('timings_s', {}).get('total', float('nan')):.0f} s"),
+    ]
+    return "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def qc_section(qc: dict[str, Any]) -> str:
+    status = qc.get("status", "fail")
+    flags = qc.get("flags", [])
+    items = "".join(f"<li><b>{_esc(f['severity'])}</b> {_esc(f['code'])}: {_esc(f['message'])}</li>" for f in flags)
+    reasons = f"<ul>{items}</ul>" if items else "<p>No QC flags.</p>"
+    return f'<p>QC status: <span class="status {_esc(status)}" id="qc-status">{_esc(status)}</span></p>{reasons}'
+
+
+def build_report(out_dir: Path) -> str:
+    """The HTML text of ``out_dir``'s report."""
+    qc = json.loads((out_dir / "qc.json").read_text())
+    volumes = qc.get("regions", {}).get("volumes_ml", {})
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>PVS report: {_esc(qc.get('subject'))}</title><style>{STYLE}</style></head><body>",
+             f"<h1>Enlarged perivascular spaces: {_esc(qc.get('subject'))}</h1>"]
+    synthetic = qc.get("synthetic")
+    if synthetic:
+        parts.append(f"<div class='banner' id='synthetic'><b>Synthetic case</b> (demo cohort): "
+                     f"{_esc(synthetic.get('description', ''))}</div>")
+    parts += [header_table(qc), "<h2>Quality control</h2>", qc_section(qc),
+              "<h2>PVS counts</h2>", counts_table(qc),
+              "<p class='note'>Counts are numbers of PVS in the whole 3D region (GP-Unet and CNN: sum of the "
+              "network's output; Frangi: connected components of a vesselness filter). The category applies the "
+              "Potter et al. (2015) bands (0 none, 1: 1-10, 2: 11-20, 3: 21-40, 4: &gt;40) to the GP-Unet count; "
+              "a rater applies them to one slice, so it is indicative, not a rating. The networks were trained on "
+              "synthetic PVS only and are not calibrated against visual scores (see <code>pvsquant finetune</code>)."
+              " Research use; not for diagnosis.</p>",
+              "<table><tr><th>region</th><th>volume (ml)</th></tr>"
+              + "".join(f"<tr><td>{_esc(k.replace('_', ' '))}</td><td class='num'>{v:.1f}</td></tr>"
+                        for k, v in volumes.items()) + "</table>",
+              "<h2>Figures</h2>"]
+    for name, caption in FIGURES:
+        if (out_dir / name).is_file():
+            parts.append(f"<figure><img alt='{_esc(name)}' src='{embed_png(out_dir / name)}'>"
+                         f"<figcaption>{_esc(caption)} ({_esc(name)})</figcaption></figure>")
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in qc.get("timings_s", {}).items())
+    parts.append(f"<h2>Run</h2><p class='note'>Stage times: {_esc(timings)}. Peak memory "
+                 f"{qc.get('peak_memory_mb', float('nan')):.0f} MB. Every number above is in qc.json, counts.tsv "
+                 "and pvs.tsv next to this file.</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.html`` from the folder's qc.json and figures."""
+    out_dir = Path(out_dir)
+    path = out_dir / "report.html"
+    tmp = path.with_suffix(".html.part")
+    tmp.write_text(build_report(out_dir), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,69 @@
+"""report.html: content from the output folder, and what a real browser shows."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pvsquant.pipeline import run_subject
+from pvsquant.report import build_report, potter_category, write_report
+from pvsquant.types import REGION_CODES, SubjectInputs
+
+from .anatomy_phantom import label_phantom
+from .browser import not_blank, rendered_dom, screenshot
+from .conftest import head_phantom, oblique_affine, save_nifti
+
+
+@pytest.fixture(scope="module")
+def run_output(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    t1, t2 = head_phantom(shape=(90, 110, 48), spacing=(2.0, 2.0, 4.0))
+    aff = oblique_affine((2.0, 2.0, 4.0), (90, 110, 48), 5.0)
+    labels = label_phantom()
+    inputs = SubjectInputs(save_nifti(d / "t1.nii.gz", t1, aff), save_nifti(d / "t2.nii.gz", t2, aff),
+                           labels=save_nifti(d / "aseg.nii.gz", labels.array, labels.affine), subject_id="sub-07")
+    run_subject(inputs, d / "sub-07")
+    return d / "sub-07"
+
+
+@pytest.mark.parametrize("count, category", [(None, None), (0.0, 0), (0.4, 0), (0.6, 1), (10.0, 1), (10.4, 1),
+                                             (11.0, 2), (20.0, 2), (21.0, 3), (40.0, 3), (40.6, 4), (300.0, 4)])
+def test_potter_bands(count, category):
+    assert potter_category(count) == category
+
+
+def test_report_holds_the_counts_flags_and_embedded_figures(run_output):
+    text = build_report(run_output)
+    qc = json.loads((run_output / "qc.json").read_text())
+    table = re.search(r'<table id="counts">(.*?)</table>', text, re.S).group(1)
+    for row in qc["counts"]:
+        assert f"{row['count']:.{0 if row['model'] == 'frangi' else 1}f}" in table
+    for region in REGION_CODES:
+        assert region.replace("_", " ") in table
+    assert f'class="status {qc["status"]}"' in text
+    for flag in qc["flags"]:
+        assert flag["code"] in text
+    sources = re.findall(r"src='([^']*)'", text)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)  # self-contained
+    assert "sub-07" in text and "t2.nii.gz" in text
+
+
+def test_report_marks_a_synthetic_case(run_output, tmp_path):
+    qc = json.loads((run_output / "qc.json").read_text())
+    qc["synthetic"] = {"description": "12 PVS injected per region"}
+    (tmp_path / "qc.json").write_text(json.dumps(qc))
+    text = write_report(tmp_path).read_text()
+    assert "id='synthetic'" in text and "12 PVS injected" in text
+
+
+def test_report_in_headless_chromium(run_output, tmp_path):
+    """Chromium renders the pipeline's own report: not blank, images drawn, counts table in the DOM."""
+    image = screenshot(run_output / "report.html", tmp_path / "report.png", height=3000)
+    assert image.shape[0] == 3000 and image.shape[1] == 1200
+    assert not_blank(image) > 0.15  # figures are black-background PNGs; an empty page is ~0
+    dom = rendered_dom(run_output / "report.html", tmp_path)
+    table = re.search(r'<table id="counts">(.*?)</table>', dom, re.S)
+    assert table is not None
+    assert len(re.findall(r"<tr>", table.group(1))) == 1 + len(REGION_CODES)
+    assert re.search(r'id="qc-status">(pass|warn)<', dom)
