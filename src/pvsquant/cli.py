@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .errors import PvsError
+from .errors import InputFileNotFoundError, PvsError
 from .types import REGION_CODES, Settings, SubjectInputs
 
 log = logging.getLogger("pvsquant")
@@ -75,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("-v", "--verbose", action="store_true")
 
+    evaluate = sub.add_parser("evaluate", help="a cohort's counts against visual scores: the paper's tables and "
+                              "figures (Pearson r, ICC, MAE, Bland-Altman, Williams' test, Bonferroni)")
+    evaluate.add_argument("--scores", required=True, type=Path, help="visual.tsv: subject, region, rater1, "
+                          "[rater2], [scanner], [other columns, kept]")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--results", type=Path, nargs="+", help="pvsquant run output folders (folder name = subject)")
+    source.add_argument("--counts", type=Path, help="one table: subject, region, model, count")
+    evaluate.add_argument("--out", required=True, type=Path, help="output folder (created; must not exist)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    evaluate.add_argument("-v", "--verbose", action="store_true")
+
+    report = sub.add_parser("report", help="(re)build report.html of pvsquant run output folders")
+    report.add_argument("out_dirs", type=Path, nargs="+", help="pvsquant run output folders")
+    report.add_argument("-v", "--verbose", action="store_true")
+
     demo = sub.add_parser("demo", help="run the pipeline on the example patient shipped in the package")
     demo.add_argument("--out", type=Path, default=Path("pvsquant_demo"), help="output folder (default ./pvsquant_demo)")
     _add_common(demo)
@@ -106,6 +121,30 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_command(args: argparse.Namespace) -> int:
+    """pvsquant evaluate: tables, figures and evaluation.html of a cohort."""
+    from .evaluate import evaluate_cohort
+
+    result = evaluate_cohort(args.scores, args.out, results=args.results, counts_path=args.counts,
+                             overwrite=args.overwrite)
+    print(result["summary"])
+    print(f"written: {args.out} (open {args.out / 'evaluation.html'})")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for folder in args.out_dirs:
+        if not (folder / "qc.json").is_file():
+            raise InputFileNotFoundError(f"{folder} is not a pvsquant run output: {folder / 'qc.json'} does not exist")
+        print(write_report(folder))
+    return 0
+
+
+COMMANDS = {"train": train_command, "evaluate": evaluate_command, "report": report_command}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -113,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("matplotlib", "PIL", "h5py"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.command == "train":
+    if args.command in COMMANDS:
         try:
-            return train_command(args)
+            return COMMANDS[args.command](args)
         except (PvsError, FileNotFoundError) as exc:
             log.error("%s: %s", type(exc).__name__, exc)
             return 1

@@ -32,3 +32,7 @@ class SegmentationError(PvsError, RuntimeError):
 
 class DependencyError(PvsError, RuntimeError):
     """An optional external tool (e.g. SAMSEG) is needed but not installed."""
+
+
+class InputTableError(PvsError, ValueError):
+    """A table (visual scores, counts) is unreadable or lacks what is needed."""
