@@ -86,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     evaluate.add_argument("-v", "--verbose", action="store_true")
 
+    finetune = sub.add_parser("finetune", help="fine-tune the networks' output layer on your visual scores, "
+                              "with cross-validation (out-of-fold gain reported); use with pvsquant run --models")
+    finetune.add_argument("--scores", required=True, type=Path, help="visual.tsv: subject, region, rater1, ...")
+    finetune.add_argument("--results", required=True, type=Path, nargs="+",
+                          help="pvsquant run output folders (folder name = subject)")
+    finetune.add_argument("--out", required=True, type=Path, help="model folder to write (created; must not exist)")
+    finetune.add_argument("--models", type=Path, help="start from these weights instead of the shipped ones")
+    finetune.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--threads", type=int, default=2)
+    finetune.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    finetune.add_argument("-v", "--verbose", action="store_true")
+
     report = sub.add_parser("report", help="(re)build report.html of pvsquant run output folders")
     report.add_argument("out_dirs", type=Path, nargs="+", help="pvsquant run output folders")
     report.add_argument("-v", "--verbose", action="store_true")
@@ -132,6 +145,18 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def finetune_command(args: argparse.Namespace) -> int:
+    """pvsquant finetune: cross-validated fine-tuning, then weights for pvsquant run --models."""
+    from .finetune import FinetuneSettings, finetune_cohort, summary_markdown
+
+    settings = FinetuneSettings(folds=args.folds, seed=args.seed, threads=args.threads)
+    summary = finetune_cohort(args.scores, args.results, args.out, models_dir=str(args.models) if args.models else None,
+                              settings=settings, overwrite=args.overwrite)
+    print(summary_markdown(summary))
+    print(f"written: {args.out}; use it with: pvsquant run --models {args.out} ...")
+    return 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -142,7 +167,8 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "evaluate": evaluate_command, "report": report_command}
+COMMANDS = {"train": train_command, "evaluate": evaluate_command, "finetune": finetune_command,
+            "report": report_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,28 +127,46 @@ def _support_box(mask: np.ndarray, margin: int = 6, multiple: int = 4) -> tuple[
     return tuple(slice(int(a), int(a + s)) for a, s in zip(lo, size))
 
 
-def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_mm: tuple[float, float, float],
-                 level: float = 1.5e-3, min_mass: float = 0.3) -> RegionCounts:
-    """Counts of one region by every model, the attention map and the detected PVS."""
+@dataclass
+class NetworkInput:
+    """What the networks of a region see: the T2 crop and the region's vesselness (the map the
+    Frangi count thresholds) cut to the mask's support ``box``, and the counting mask there."""
+
+    x: Any  # torch tensor (1, 2, X, Y, Z)
+    mask: Any  # torch tensor (1, 1, X, Y, Z)
+    box: tuple[slice, ...]
+    counting: np.ndarray  # on the whole crop
+    frangi: Any  # FrangiCount of the box
+
+
+def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float]) -> NetworkInput:
+    """The networks' input of one region crop (shared by counting and fine-tuning)."""
     import torch
 
     image, soft = crop.image.array, crop.mask.array
     region_mask = crop.region_mask.array if crop.region_mask is not None else soft >= 0.5
     counting = count_mask(region_mask, spacing_mm)
     box = _support_box(soft)
-    counts: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
     frangi = count_frangi(image[box], np.where(region_mask[box], 1.0, 0.0), spacing_mm)
-    frangi_labels = np.zeros(image.shape, np.int32)
-    frangi_labels[box] = frangi.labels
-    seconds["frangi"] = round(time.perf_counter() - start, 3)
-    counts["frangi"] = float(frangi.count)
-
-    # The networks see the T2 crop and the region's vesselness (the map the Frangi count thresholds).
     channels = np.stack([image[box], frangi.vesselness]).astype(np.float32)
     x = torch.from_numpy(np.ascontiguousarray(channels))[None]
     m = torch.from_numpy(np.ascontiguousarray(counting[box], dtype=np.float32))[None, None]
+    return NetworkInput(x, m, box, counting, frangi)
+
+
+def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_mm: tuple[float, float, float],
+                 level: float = 1.5e-3, min_mass: float = 0.3) -> RegionCounts:
+    """Counts of one region by every model, the attention map and the detected PVS."""
+    import torch
+
+    start = time.perf_counter()
+    net_input = network_input(crop, spacing_mm)
+    image, counting, box, frangi, x, m = (crop.image.array, net_input.counting, net_input.box, net_input.frangi,
+                                         net_input.x, net_input.mask)
+    frangi_labels = np.zeros(image.shape, np.int32)
+    frangi_labels[box] = frangi.labels
+    counts: dict[str, float] = {"frangi": float(frangi.count)}
+    seconds: dict[str, float] = {"frangi": round(time.perf_counter() - start, 3)}
     attention = np.zeros(image.shape, np.float32)
     for name in ("gpunet", "cnn"):
         model = models.get((crop.region, name))

@@ -95,6 +95,37 @@ class GPUnet(nn.Module):
         return (attention * mask).sum(dim=(1, 2, 3, 4)), attention
 
 
+def head_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The features the output layer weighs, pooled over the counting mask: (B, C + 1), such that
+    ``count = head_features @ [w, b]`` with ``[w, b]`` the output layer (:func:`get_head`).
+
+    Both networks are linear in their last layer after the sum pooling, so a count is a linear
+    function of these pooled features: fine-tuning that layer on image-level counts is a
+    (regularised) linear regression on them.
+    """
+    if isinstance(model, GPUnet):
+        model(x, mask)
+        features, weights = model.last_features, mask
+    elif isinstance(model, CountCNN):
+        features, weights = model.encoder(x)[1], F.max_pool3d(mask, 2)
+    else:
+        raise TypeError(f"no head features for {type(model).__name__}")
+    pooled = (features * weights).sum(dim=(2, 3, 4))
+    voxels = weights.sum(dim=(1, 2, 3, 4))[:, None]
+    return torch.cat([pooled, voxels], dim=1) * model.scale
+
+
+def get_head(model: nn.Module) -> torch.Tensor:
+    """The output layer as one vector ``[w, b]`` (C + 1)."""
+    return torch.cat([model.output.weight[0], model.output.bias]).detach().clone()
+
+
+def set_head(model: nn.Module, head: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.output.weight[0].copy_(head[:-1])
+        model.output.bias.copy_(head[-1:])
+
+
 def build_model(name: str, width: int = 8, in_channels: int = 2) -> nn.Module:
     if name == "cnn":
         return CountCNN(width, in_channels)

@@ -133,18 +133,27 @@ def save_crop(crop: RegionCrop, roi_dir: Path) -> None:
                     roi_dir / f"{crop.region}_region.nii.gz", dtype=np.uint8)
 
 
+def _read_map(path: Path, what: str) -> Volume:
+    """A map pvsquant wrote itself (no brain-size checks: crops are small)."""
+    from .errors import InputImageError
+
+    try:
+        img = nib.load(str(path))
+        return Volume(np.asarray(img.dataobj, dtype=np.float32), img.affine, path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
+        raise InputImageError(f"{what} {path} is unreadable ({type(exc).__name__}: {exc}); "
+                              "re-run pvsquant run for this subject") from exc
+
+
 def load_crop(roi_dir: Path, region: str) -> RegionCrop | None:
     """A crop written by :func:`save_crop` (None when the region was empty). Outputs written
-    before that file existed have none: the smoothed mask above 0.5 stands in for it."""
-    from .io import load_volume
-
+    before the ``_region`` file existed have none: the smoothed mask above 0.5 stands in for it."""
     path = Path(roi_dir) / f"{region}.nii.gz"
     if not path.is_file():
         return None
-    image = load_volume(path, f"{region} network input")
-    mask = load_volume(Path(roi_dir) / f"{region}_mask.nii.gz", f"{region} mask")
+    image = _read_map(path, f"{region} network input")
+    mask = _read_map(Path(roi_dir) / f"{region}_mask.nii.gz", f"{region} mask")
     region_file = Path(roi_dir) / f"{region}_region.nii.gz"
-    inside = (load_volume(region_file, f"{region} region", labels=True).array > 0 if region_file.is_file()
-              else mask.array >= 0.5)
+    inside = _read_map(region_file, f"{region} region").array > 0 if region_file.is_file() else mask.array >= 0.5
     return RegionCrop(region=region, image=image, mask=mask, grid_affine=image.affine, box_start=(0, 0, 0),
                       box_shape=image.shape, clipped=False, region_mask=image.with_array(inside))
