@@ -29,17 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pvsquant.anatomy import segment_anatomy
+from pvsquant.cohort import injection_landmarks, inject_pvs
 from pvsquant.counting import count_region, load_models
 from pvsquant.figures import plot_attention
-from pvsquant.grids import resample_labels, world_coordinates
-from pvsquant.io import load_volume
-from pvsquant.regions import make_regions
-from pvsquant.registration import register_t1_to_t2
+from pvsquant.pipeline import StageTimer, prepare_subject
 from pvsquant.roi import crop_regions
-from pvsquant.synthesis import tube_occupancy
-from pvsquant.trainingdata import LATERAL_VENTRICLES, AnatomyMap, pvs_tubes, spaced_points
-from pvsquant.types import REGION_CODES, Settings, Volume
+from pvsquant.types import REGION_CODES, Settings, SubjectInputs, Volume
 
 HERE = Path(__file__).resolve().parent
 RAW = HERE.parents[1] / "shared" / "data" / "open_ms_data" / "longitudinal" / "raw"
@@ -48,43 +43,16 @@ MATCH_MM = 2.5
 
 
 def prepare(t1_path: Path, t2_path: Path, settings: Settings) -> dict:
-    t1, t2 = load_volume(t1_path, "T1"), load_volume(t2_path, "T2")
-    transform = register_t1_to_t2(t1, t2, settings)
-    anatomy = segment_anatomy(t1, settings)
-    regions = make_regions(anatomy, transform, t2, settings)
-    labels_t2 = resample_labels(anatomy.labels, t2.affine, t2.shape, target_to_source_world=transform.t2_to_t1,
-                                smooth=False).array
-    csf = float(np.percentile(t2.array[np.isin(labels_t2, LATERAL_VENTRICLES)], 90))
-    ventricles = np.argwhere(np.isin(regions_labels(anatomy, transform, regions), LATERAL_VENTRICLES))
-    centre = world_coordinates(regions.work.affine, ventricles.mean(axis=0)[None])[0]
-    return {"t2": t2, "regions": regions, "csf": csf, "ventricle_centre": centre}
-
-
-def regions_labels(anatomy, transform, regions) -> np.ndarray:
-    return resample_labels(anatomy.labels, regions.work.affine, regions.work.shape,
-                           target_to_source_world=transform.t2_to_t1, smooth=False).array
+    """Registration, anatomy and regions as pvsquant run does, and the injection landmarks."""
+    prep = prepare_subject(SubjectInputs(t1_path, t2_path), settings, StageTimer())
+    csf, centre = injection_landmarks(prep)
+    return {"t2": prep.t2, "regions": prep.regions, "csf": csf, "ventricle_centre": centre}
 
 
 def inject(case: dict, n: int, rng: np.random.Generator) -> tuple[Volume, dict[str, list]]:
     """The T2 with ``n`` PVS in every region, and the injected tubes per region."""
-    t2, regions = case["t2"], case["regions"]
-    amap = AnatomyMap("real", regions.work, regions.work, case["ventricle_centre"], regions.superior_axis_t2)
-    image = t2.array.astype(np.float32).copy()
-    centres = {}
-    for region, code in REGION_CODES.items():
-        idx = np.argwhere(regions.work.array == code)
-        if n == 0 or len(idx) == 0:
-            centres[region] = []
-            continue
-        pts = world_coordinates(regions.work.affine, idx + rng.uniform(-0.5, 0.5, idx.shape))
-        chosen = spaced_points(pts, n, 2.5, rng)
-        tubes = pvs_tubes(amap, region, chosen, rng)
-        for tube in tubes:
-            occ = tube_occupancy([tube], t2.affine, t2.shape, supersample=(2, 2, 8))
-            level = case["csf"] * rng.uniform(0.85, 1.0)
-            image = image * (1 - occ) + level * occ
-        centres[region] = tubes
-    return t2.with_array(image), centres
+    return inject_pvs(case["t2"], case["regions"], {r: n for r in REGION_CODES}, case["csf"],
+                      case["ventricle_centre"], rng)
 
 
 def count_all(t2: Volume, case: dict, models: dict, settings: Settings) -> dict:

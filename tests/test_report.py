@@ -47,6 +47,7 @@ def test_report_holds_the_counts_flags_and_embedded_figures(run_output):
     sources = re.findall(r"src='([^']*)'", text)
     assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)  # self-contained
     assert "sub-07" in text and "t2.nii.gz" in text
+    assert re.search(r"basal_ganglia_gpunet [0-9a-f]{12}", text)  # weights identified by their hash
 
 
 def test_report_marks_a_synthetic_case(run_output, tmp_path):

@@ -7,6 +7,7 @@ components of the attention map (see :func:`detect_pvs`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
                                       "expected a file written by pvsquant train") from exc
             model.eval()
             model.source = str(f)  # type: ignore[assignment]
+            model.sha256 = hashlib.sha256(f.read_bytes()).hexdigest()[:12]  # type: ignore[assignment]
             found[(state["region"], state["model"])] = model
     return found
 

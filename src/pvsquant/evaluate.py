@@ -106,12 +106,14 @@ def read_scores(path: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], list
     return scores, extra
 
 
-def read_counts_table(path: Path) -> dict[tuple[str, str], dict[str, float]]:
-    """all_counts.tsv (subject, region, model, count) as {(subject, region): {model: count}}."""
+def read_counts_table(path: Path, subject: str | None = None) -> dict[tuple[str, str], dict[str, float]]:
+    """all_counts.tsv (subject, region, model, count), or one run's counts.tsv (region, model, count)
+    for ``subject``, as {(subject, region): {model: count}}."""
+    required = ("region", "model", "count") if subject else ("subject", "region", "model", "count")
     counts: dict[tuple[str, str], dict[str, float]] = {}
-    for i, row in enumerate(read_tsv(path, ("subject", "region", "model", "count"), "counts table"), start=2):
+    for i, row in enumerate(read_tsv(path, required, "counts table"), start=2):
         where = f"{path} line {i}"
-        key = (row["subject"], region_name(row["region"], where))
+        key = (subject or row["subject"], region_name(row["region"], where))
         if row["model"] in counts.get(key, {}):
             raise InputTableError(f"{where}: subject {key[0]} region {key[1]} model {row['model']} appears twice")
         counts.setdefault(key, {})[row["model"]] = _number(row["count"], where, "count")
@@ -130,7 +132,7 @@ def read_results(out_dirs: list[Path]) -> tuple[dict[tuple[str, str], dict[str, 
         table = folder / "counts.tsv"
         if not table.is_file():
             raise InputFileNotFoundError(f"{folder} is not a pvsquant run output: {table} does not exist")
-        for key, values in read_counts_table_rows(table, folder.name).items():
+        for key, values in read_counts_table(table, folder.name).items():
             counts[key] = values
         try:
             if json.loads((folder / "qc.json").read_text()).get("synthetic"):
@@ -138,14 +140,6 @@ def read_results(out_dirs: list[Path]) -> tuple[dict[tuple[str, str], dict[str, 
         except (OSError, ValueError):
             pass
     return counts, synthetic
-
-
-def read_counts_table_rows(table: Path, subject: str) -> dict[tuple[str, str], dict[str, float]]:
-    counts: dict[tuple[str, str], dict[str, float]] = {}
-    for i, row in enumerate(read_tsv(table, ("region", "model", "count"), "counts"), start=2):
-        key = (subject, region_name(row["region"], f"{table} line {i}"))
-        counts.setdefault(key, {})[row["model"]] = _number(row["count"], f"{table} line {i}", "count")
-    return counts
 
 
 def join(scores: dict, extra: list[str], counts: dict, synthetic: list[str] | None = None) -> Cohort:

@@ -177,6 +177,7 @@ def quantify_subject(prep: PreparedSubject, out: Path, settings: Settings, timer
             log.info("  %-18s gpunet %6.1f  cnn %6.1f  frangi %4.0f  (%d detected)", name,
                      res.counts["gpunet"], res.counts["cnn"], res.counts["frangi"], len(res.detections))
         model_files = {f"{r}_{m}": getattr(prep.models[(r, m)], "source", None) for r, m in sorted(prep.models)}
+        model_versions = {f"{r}_{m}": getattr(prep.models[(r, m)], "sha256", None) for r, m in sorted(prep.models)}
 
     subject = inputs.subject_id or (t2.source.name if t2.source else "subject")
     with timer.stage("figures", "regions.png, roi.png, attention.png, pvs.png, registration.png"):
@@ -214,6 +215,7 @@ def quantify_subject(prep: PreparedSubject, out: Path, settings: Settings, timer
         "detected_pvs": {name: len(res.detections) for name, res in counted.items()},
         "inference_seconds": {name: res.seconds for name, res in counted.items()},
         "models": model_files,
+        "model_versions": model_versions,
         "timings_s": timer.timings,
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "versions": package_versions(),

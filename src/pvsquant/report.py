@@ -86,6 +86,7 @@ def header_table(qc: dict[str, Any]) -> str:
         ("software", f"pvsquant {qc.get('pvsquant_version')}, torch {qc.get('versions', {}).get('torch', '?')}"),
         ("network weights", "shipped (synthetic training, see MODEL_CARD.md)" if not user
          else "your own from " + ", ".join(user) + " (the shipped weights fill the rest)"),
+        ("weights (sha256)", ", ".join(f"{k} {v}" for k, v in qc.get("model_versions", {}).items()) or "unknown"),
         ("anatomy", qc.get("anatomy", {}).get("method")),
         ("total run time", f"{qc.get('timings_s', {}).get('total', float('nan')):.0f} s"),
     ]
