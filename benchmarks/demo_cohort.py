@@ -59,7 +59,7 @@ def main() -> None:
              "the raw counts but not r).", "",
              "## Time", "",
              f"- building the cohort in this call: {build_s:.0f} s (0 when every case was reused)",
-             f"- per synthetic case (roi, count, figures, report; from qc.json): mean {np.mean(case_s):.1f} s, "
+             f"- per synthetic case (injection, simulated scanner, roi, count, figures; from qc.json): mean {np.mean(case_s):.1f} s, "
              f"max {np.max(case_s):.1f} s",
              f"- pvsquant evaluate: {evaluate_s:.1f} s",
              f"- pvsquant finetune (features of every case and region, 5-fold CV, final fit): {finetune_s:.0f} s",

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from .types import REGION_CODES, Volume  # noqa: E402
@@ -197,10 +198,10 @@ def plot_registration(t1: Volume, t2: Volume, t2_to_t1: np.ndarray, path: str | 
         sl = moving[:, :, k]
         if np.ptp(sl) > 0:
             edges = canny(sl / np.ptp(sl), sigma=2.0, low_threshold=0.05, high_threshold=0.12)
-            ax.imshow(np.ma.masked_where(~edges.T, edges.T), cmap="autumn", origin="lower", aspect=aspect,
-                      interpolation="nearest", alpha=0.9)
+            ax.imshow(np.ma.masked_where(~edges.T, edges.T), cmap=ListedColormap(["#ff3030"]), origin="lower",
+                      aspect=aspect, interpolation="nearest")
         ax.set_title(f"T2 slice {k}, T1 edges in red", color="white", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     path = Path(path)
     fig.savefig(path, dpi=90, facecolor="black")
     plt.close(fig)
