@@ -47,7 +47,6 @@ class FinetuneSettings:
     """Regions with fewer scored subjects are not fine-tuned."""
     seed: int = 0
     threads: int = 2
-    spacing_mm: tuple[float, float, float] = (0.5, 0.5, 0.8)
 
 
 def feature_scale(features: np.ndarray) -> np.ndarray:
@@ -133,7 +132,7 @@ def cohort_features(scores: dict, result_dirs: list[Path], models: dict, setting
         if crop is None:
             log.warning("%s: no %s crop in %s (region empty); left out", subject, region, by_subject[subject])
             continue
-        net_input = network_input(crop, settings.spacing_mm)
+        net_input = network_input(crop, tuple(float(v) for v in crop.image.spacing_mm))
         entry = per_region.setdefault(region, {"subjects": [], "rater1": [], **{m: [] for m in NETWORKS}})
         entry["subjects"].append(subject)
         entry["rater1"].append(scores[(subject, region)]["rater1"])
