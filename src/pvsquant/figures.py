@@ -99,6 +99,32 @@ def plot_roi_crops(crops: dict, path: str | Path, n_slices: int = 5) -> Path:
     return path
 
 
+def display_box(region: np.ndarray, margin: int = 6) -> tuple[slice, slice]:
+    """In-plane bounding box (x, y) of a region over all its slices, with a margin: the part of a
+    crop worth showing."""
+    idx = np.argwhere(region.any(axis=2))
+    if idx.size == 0:
+        return slice(None), slice(None)
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + 1 + margin, region.shape[:2])
+    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
+
+
+def attention_vmax(attention: np.ndarray, region: np.ndarray) -> float:
+    """Upper display level of an attention map: its 99.5th percentile of positive values in the
+    region (a few hot spots would otherwise leave the rest of the map black)."""
+    positive = attention[region & (attention > 0)]
+    return max(float(np.percentile(positive, 99.5)) if positive.size else float(attention.max()), 1e-6)
+
+
+def _circle_detections(ax, labels2d: np.ndarray) -> int:
+    ids = [i for i in np.unique(labels2d) if i > 0]
+    for i in ids:
+        xs, ys = np.nonzero(labels2d == i)
+        ax.plot(xs.mean(), ys.mean(), "o", mfc="none", mec="cyan", ms=8, mew=0.9)
+    return len(ids)
+
+
 def plot_attention(crops: dict, counted: dict, path: str | Path) -> Path:
     """Per region, as the paper's Fig. 2: the T2 crop, the GP-Unet attention map with the region's
     contour, and their overlay with the detected PVS circled, on the axial slice with most detections."""
@@ -109,14 +135,15 @@ def plot_attention(crops: dict, counted: dict, path: str | Path) -> Path:
         ax.axis("off")
     for row, name in enumerate(rows):
         crop, res = crops[name], counted[name]
-        image, att = crop.image.array, res.attention.array
-        labels = res.detection_labels.array
         region = crop.region_mask.array if crop.region_mask is not None else crop.mask.array >= 0.5
+        bx, by = display_box(region)
+        image, att = crop.image.array[bx, by], res.attention.array[bx, by]
+        labels, region = res.detection_labels.array[bx, by], region[bx, by]
         per_slice = np.array([len(np.unique(labels[:, :, k])) - 1 for k in range(labels.shape[2])])
         k = int(per_slice.argmax()) if per_slice.max() > 0 else int(np.argmax(region.sum(axis=(0, 1))))
         spacing = crop.image.spacing_mm
         aspect = spacing[1] / spacing[0]
-        vmax = max(float(att.max()), 1e-6)
+        vmax = attention_vmax(att, region)
         title = (f"{name.replace('_', ' ')} z={k}: GP-Unet {res.counts['gpunet']:.1f}, "
                  f"CNN {res.counts['cnn']:.1f}, Frangi {res.counts['frangi']:.0f}")
         axes[row, 0].imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspect)
@@ -126,13 +153,10 @@ def plot_attention(crops: dict, counted: dict, path: str | Path) -> Path:
                              linewidths=0.6)
         axes[row, 1].set_title("attention (GP-Unet)", color="white", fontsize=8)
         axes[row, 2].imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspect)
-        axes[row, 2].imshow(np.ma.masked_less(att[:, :, k].T, 0.05 * vmax), cmap="inferno", origin="lower",
+        axes[row, 2].imshow(np.ma.masked_less(att[:, :, k].T, 0.1 * vmax), cmap="inferno", origin="lower",
                             vmin=0, vmax=vmax, alpha=0.6, aspect=aspect)
-        ids = [i for i in np.unique(labels[:, :, k]) if i > 0]
-        for i in ids:
-            xs, ys = np.nonzero(labels[:, :, k] == i)
-            axes[row, 2].plot(xs.mean(), ys.mean(), "o", mfc="none", mec="cyan", ms=7, mew=0.8)
-        axes[row, 2].set_title(f"overlay, {len(ids)} detected PVS on this slice", color="white", fontsize=8)
+        n = _circle_detections(axes[row, 2], labels[:, :, k])
+        axes[row, 2].set_title(f"overlay, {n} detected PVS on this slice", color="white", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=80, facecolor="black")
@@ -150,8 +174,9 @@ def plot_detections(crops: dict, counted: dict, path: str | Path, n_slices: int 
         ax.axis("off")
     for row, name in enumerate(rows):
         crop, res = crops[name], counted[name]
-        image, labels = crop.image.array, res.detection_labels.array
         region = crop.region_mask.array if crop.region_mask is not None else crop.mask.array >= 0.5
+        bx, by = display_box(region)
+        image, labels, region = crop.image.array[bx, by], res.detection_labels.array[bx, by], region[bx, by]
         per_slice = np.array([len(np.unique(labels[:, :, k])) - 1 for k in range(labels.shape[2])])
         with_region = np.flatnonzero(region.any(axis=(0, 1)))
         if per_slice.max() > 0:
@@ -165,11 +190,8 @@ def plot_detections(crops: dict, counted: dict, path: str | Path, n_slices: int 
             ax = axes[row, col]
             ax.imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=spacing[1] / spacing[0])
             ax.contour(region[:, :, k].T.astype(float), levels=[0.5], colors=REGION_COLOURS[name], linewidths=0.5)
-            ids = [i for i in np.unique(labels[:, :, k]) if i > 0]
-            for i in ids:
-                xs, ys = np.nonzero(labels[:, :, k] == i)
-                ax.plot(xs.mean(), ys.mean(), "o", mfc="none", mec="cyan", ms=8, mew=0.9)
-            ax.set_title(f"{name.replace('_', ' ')} z={k}: {len(ids)} PVS", color="white", fontsize=8)
+            n = _circle_detections(ax, labels[:, :, k])
+            ax.set_title(f"{name.replace('_', ' ')} z={k}: {n} PVS", color="white", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=80, facecolor="black")
