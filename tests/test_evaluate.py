@@ -39,11 +39,13 @@ def make_cohort(tmp_path, n=30, seed=3):
             scores.append((subject, {"centrum_semiovale": "CSO", "basal_ganglia": "basal ganglia"}.get(region, region),
                            f"{r1:.3f}", f"{r2:.3f}", scanner, f"age{i}"))
     counts += [("sub-extra", "cso", m, "3") for m in ("gpunet", "cnn", "frangi")]
+    counts += [("sub-00", "midbrain", m, "n/a") for m in ("gpunet", "cnn", "frangi")]  # never scored: no gap
+    counts = [c for c in counts if c[:2] != ("sub-01", "hippocampi")]  # scored, not counted: a gap
     (tmp_path / "visual.tsv").write_text("subject\tregion\trater1\trater2\tscanner\tnote\n"
                                          + "\n".join("\t".join(r) for r in scores) + "\n")
     (tmp_path / "all_counts.tsv").write_text("subject\tregion\tmodel\tcount\n"
                                              + "\n".join("\t".join(r) for r in counts) + "\n")
-    kept = {k: v for k, v in truth.items() if int(k[0][4:]) < n - 2}
+    kept = {k: v for k, v in truth.items() if int(k[0][4:]) < n - 2 and k != ("sub-01", "hippocampi")}
     return tmp_path / "visual.tsv", tmp_path / "all_counts.tsv", kept
 
 
@@ -78,7 +80,7 @@ def test_correlations_match_scipy(evaluated):
         x, y = np.array(pairs).T
         ref = sps.pearsonr(y, x)
         ci = ref.confidence_interval(0.95)
-        assert row["n"] == len(x) == 28
+        assert row["n"] == len(x) == (27 if row["region"] == "hippocampi" else 28)
         assert row["pearson_r"] == pytest.approx(ref.statistic, abs=1e-6)
         assert row["p"] == pytest.approx(ref.pvalue, rel=1e-4, abs=1e-300)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-6)
@@ -113,8 +115,9 @@ def test_unmatched_subjects_are_reported_and_extra_columns_kept(evaluated):
     assert result["cohort"].only_in_counts == ["sub-extra"]
     summary = (out / "summary.md").read_text()
     assert "sub-28, sub-29" in summary and "sub-extra" in summary
+    assert result["cohort"].incomplete_pairs == ["sub-01/hippocampi"] and "sub-01/hippocampi" in summary
     data = read_table(out / "data.tsv")
-    assert len(data) == 28 * 3 and data[0]["note"].startswith("age") and data[0]["scanner"]
+    assert len(data) == 28 * 3 - 1 and data[0]["note"].startswith("age") and data[0]["scanner"]
     assert (out / "figure_scatter.png").stat().st_size > 20_000
 
 

@@ -119,3 +119,7 @@ def test_cli_finetune_reports_too_few_subjects(cohort, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
     assert main(["finetune", "--scores", str(scores), "--results", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "m")]) == 1
+    # a region without scores: nothing to fine-tune, said so, nothing written
+    assert main(["finetune", "--scores", str(scores), "--results", *map(str, folders), "--region", "midbrain",
+                 "--out", str(tmp_path / "m")]) == 1
+    assert not (tmp_path / "m").exists()

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="pvsquant run output folders (folder name = subject)")
     finetune.add_argument("--out", required=True, type=Path, help="model folder to write (created; must not exist)")
     finetune.add_argument("--models", type=Path, help="start from these weights instead of the shipped ones")
+    finetune.add_argument("--region", choices=list(REGION_CODES) + ["all"], default="all",
+                          help="fine-tune this region's networks only (default: every region with scores)")
     finetune.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--threads", type=int, default=2)
@@ -153,7 +155,8 @@ def finetune_command(args: argparse.Namespace) -> int:
     """pvsquant finetune: cross-validated fine-tuning, then weights for pvsquant run --models."""
     from .finetune import FinetuneSettings, finetune_cohort, summary_markdown
 
-    settings = FinetuneSettings(folds=args.folds, seed=args.seed, threads=args.threads)
+    regions = tuple(REGION_CODES) if args.region == "all" else (args.region,)
+    settings = FinetuneSettings(folds=args.folds, seed=args.seed, threads=args.threads, regions=regions)
     summary = finetune_cohort(args.scores, args.results, args.out, models_dir=str(args.models) if args.models else None,
                               settings=settings, overwrite=args.overwrite)
     print(summary_markdown(summary))

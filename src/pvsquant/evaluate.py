@@ -52,6 +52,8 @@ class Cohort:
     only_in_counts: list[str] = field(default_factory=list)
     synthetic_subjects: list[str] = field(default_factory=list)
     extra_columns: list[str] = field(default_factory=list)
+    incomplete_pairs: list[str] = field(default_factory=list)
+    """``subject/region`` of a subject in both tables lacking a region's counts or scores (or n/a)."""
 
 
 def region_name(value: str, where: str) -> str:
@@ -146,16 +148,21 @@ def join(scores: dict, extra: list[str], counts: dict, synthetic: list[str] | No
     """Scores and counts side by side; subjects in only one of them are listed, not silently dropped."""
     score_subjects = {s for s, _ in scores}
     count_subjects = {s for s, _ in counts}
-    rows = []
-    for (subject, region), score in sorted(scores.items()):
-        values = counts.get((subject, region))
-        if values is None:
+    rows, incomplete = [], []
+    both = score_subjects & count_subjects
+    scored_regions = {r for _, r in scores}  # a region nobody scored (e.g. midbrain) is not a gap
+    for subject, region in sorted(k for k in set(scores) | set(counts) if k[1] in scored_regions):
+        score, values = scores.get((subject, region)), counts.get((subject, region))
+        if subject in both and (score is None or values is None or math.isnan(score["rater1"])
+                                or all(math.isnan(values.get(m, math.nan)) for m in MODELS)):
+            incomplete.append(f"{subject}/{region}")
+        if score is None or values is None:
             continue
         rows.append({"subject": subject, "region": region, "scanner": score["scanner"], "rater1": score["rater1"],
                      "rater2": score["rater2"], **{m: values.get(m, math.nan) for m in MODELS},
                      **{c: score.get(c, "") for c in extra}})
     cohort = Cohort(rows, sorted(score_subjects - count_subjects), sorted(count_subjects - score_subjects),
-                    sorted(set(synthetic or []) & {r["subject"] for r in rows}), extra)
+                    sorted(set(synthetic or []) & {r["subject"] for r in rows}), extra, incomplete)
     if not rows:
         raise InputTableError("no subject has both visual scores and counts (subject ids must match the result "
                               f"folder names); scores: {', '.join(sorted(score_subjects)[:5])}...; counts: "
@@ -237,6 +244,9 @@ def cohort_notes(cohort: Cohort) -> list[str]:
         notes.append(f"Subjects with visual scores but no counts (left out): {', '.join(cohort.only_in_scores)}")
     if cohort.only_in_counts:
         notes.append(f"Subjects with counts but no visual scores (left out): {', '.join(cohort.only_in_counts)}")
+    if cohort.incomplete_pairs:
+        notes.append("Subject/region pairs without a score or without a count (empty region, n/a; left out of that "
+                     f"region): {', '.join(cohort.incomplete_pairs)}")
     return notes
 
 

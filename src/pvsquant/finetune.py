@@ -47,6 +47,8 @@ class FinetuneSettings:
     """Regions with fewer scored subjects are not fine-tuned."""
     seed: int = 0
     threads: int = 2
+    regions: tuple[str, ...] = tuple(REGION_CODES)
+    """Regions to fine-tune (those with enough scores)."""
 
 
 def feature_scale(features: np.ndarray) -> np.ndarray:
@@ -125,7 +127,8 @@ def cohort_features(scores: dict, result_dirs: list[Path], models: dict, setting
 
     by_subject = {Path(d).name: Path(d) for d in result_dirs}
     per_region: dict[str, dict[str, Any]] = {}
-    jobs = [(s, r) for (s, r), row in sorted(scores.items()) if s in by_subject and not math.isnan(row["rater1"])]
+    jobs = [(s, r) for (s, r), row in sorted(scores.items())
+            if s in by_subject and r in settings.regions and not math.isnan(row["rater1"])]
     start = time.perf_counter()
     for i, (subject, region) in enumerate(jobs, start=1):
         crop = load_crop(by_subject[subject] / "roi", region)
