@@ -129,11 +129,11 @@ def make_demo_cohort(out_dir: Path, inputs: SubjectInputs, n_cases: int = 12, se
     example_done = (results / example_id / "qc.json").is_file()
     start = time.perf_counter()
     if todo or not example_done:
-        timer = StageTimer()
+        timer, t_example = StageTimer(), time.perf_counter()
         prep = prepare_subject(inputs, settings, timer)
         if not example_done:
             with atomic_output_dir(results / example_id, overwrite=True) as tmp:
-                quantify_subject(prep, tmp, settings, timer, time.perf_counter())
+                quantify_subject(prep, tmp, settings, timer, t_example)
         csf, centre = injection_landmarks(prep)
         for k, case in enumerate(todo, start=1):
             t0 = time.perf_counter()
