@@ -68,3 +68,13 @@ def test_report_in_headless_chromium(run_output, tmp_path):
     assert table is not None
     assert len(re.findall(r"<tr>", table.group(1))) == 1 + len(REGION_CODES)
     assert re.search(r'id="qc-status">(pass|warn)<', dom)
+
+
+def test_cli_report_rebuilds_and_refuses_other_folders(run_output, tmp_path):
+    from pvsquant.cli import main
+
+    (run_output / "report.html").unlink()
+    assert main(["report", str(run_output)]) == 0
+    assert "<table id=\"counts\">" in (run_output / "report.html").read_text()
+    assert main(["report", str(tmp_path)]) == 1  # no qc.json: not a pvsquant run output
+    assert not (tmp_path / "report.html").exists()
