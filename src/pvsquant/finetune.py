@@ -242,24 +242,29 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def plot_out_of_fold(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Per region and network: rater1 against the starting and the out-of-fold fine-tuned counts."""
+    """Rows: networks; columns: regions. rater1 against the starting and the out-of-fold fine-tuned counts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({(r["region"], r["model"]) for r in rows}, key=lambda k: (list(REGION_CODES).index(k[0]), k[1]))
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.6), squeeze=False)
-    for ax, (region, name) in zip(axes[0], keys):
-        sel = [r for r in rows if r["region"] == region and r["model"] == name]
-        t = np.array([r["rater1"] for r in sel])
-        for key, colour, label in (("shipped", "#999999", "start"), ("finetuned_oof", "#d62728", "fine-tuned (OOF)")):
-            ax.scatter(t, [r[key] for r in sel], s=18, color=colour, label=label)
-        hi = max(t.max(), max(max(r["shipped"], r["finetuned_oof"]) for r in sel)) * 1.05
-        ax.plot([0, hi], [0, hi], "k--", lw=0.8)
-        ax.set_title(f"{region.replace('_', ' ')}, {name}", fontsize=9)
-        ax.set_xlabel("rater 1")
-        ax.set_ylabel("count")
+    regions = [r for r in REGION_CODES if any(row["region"] == r for row in rows)]
+    models = [m for m in NETWORKS if any(row["model"] == m for row in rows)]
+    fig, axes = plt.subplots(len(models), len(regions), figsize=(3.4 * len(regions), 3.3 * len(models)),
+                             squeeze=False)
+    for i, name in enumerate(models):
+        for j, region in enumerate(regions):
+            ax = axes[i, j]
+            sel = [r for r in rows if r["region"] == region and r["model"] == name]
+            t = np.array([r["rater1"] for r in sel])
+            for key, colour, label in (("shipped", "#999999", "start"), ("finetuned_oof", "#d62728",
+                                                                         "fine-tuned (out of fold)")):
+                ax.scatter(t, [r[key] for r in sel], s=18, color=colour, label=label)
+            hi = max(t.max(), max(max(r["shipped"], r["finetuned_oof"]) for r in sel)) * 1.05
+            ax.plot([0, hi], [0, hi], "k--", lw=0.8)
+            ax.set_title(f"{region.replace('_', ' ')}, {name}", fontsize=9)
+            ax.set_xlabel("rater 1")
+            ax.set_ylabel("count")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
