@@ -84,3 +84,15 @@ def phantom_files(tmp_path: Path) -> tuple[Path, Path]:
 def example_dir() -> Path:
     from importlib import resources
     return Path(str(resources.files("pvsquant") / "data" / "example"))
+
+
+def write_phantom_case(folder: Path, shape=(90, 110, 48), spacing=(2.0, 2.0, 4.0), angle_deg=5.0
+                       ) -> tuple[Path, Path, Path]:
+    """T1, T2 (head phantom, oblique grid) and an aseg label map written to ``folder``: one subject's inputs."""
+    from .anatomy_phantom import label_phantom
+
+    t1, t2 = head_phantom(shape=shape, spacing=spacing)
+    aff = oblique_affine(spacing, shape, angle_deg)
+    labels = label_phantom()
+    return (save_nifti(folder / "t1.nii.gz", t1, aff), save_nifti(folder / "t2.nii.gz", t2, aff),
+            save_nifti(folder / "aseg.nii.gz", labels.array, labels.affine))

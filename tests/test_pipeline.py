@@ -12,18 +12,12 @@ from pvsquant.pipeline import registration_flags, run_subject
 from pvsquant.registration import register_t1_to_t2
 from pvsquant.types import REGION_CODES, Settings, SubjectInputs, Volume
 
-from .anatomy_phantom import label_phantom
-from .conftest import head_phantom, oblique_affine, save_nifti
+from .conftest import save_nifti, write_phantom_case
 
 
 @pytest.fixture(scope="module")
 def phantom_case(tmp_path_factory):
-    d = tmp_path_factory.mktemp("case")
-    t1, t2 = head_phantom(shape=(90, 110, 48), spacing=(2.0, 2.0, 4.0))
-    aff = oblique_affine((2.0, 2.0, 4.0), (90, 110, 48), 5.0)
-    labels = label_phantom()
-    return (save_nifti(d / "t1.nii.gz", t1, aff), save_nifti(d / "t2.nii.gz", t2, aff),
-            save_nifti(d / "aseg.nii.gz", labels.array, labels.affine))
+    return write_phantom_case(tmp_path_factory.mktemp("case"))
 
 
 def test_run_subject_writes_every_output(phantom_case, tmp_path):
@@ -68,11 +62,7 @@ def test_run_subject_writes_every_output(phantom_case, tmp_path):
 
 
 def test_thick_slices_give_a_flag_not_an_error(tmp_path):
-    t1, t2 = head_phantom(shape=(90, 110, 28), spacing=(2.0, 2.0, 7.0))
-    aff = oblique_affine((2.0, 2.0, 7.0), (90, 110, 28), 0.0)
-    labels = label_phantom()
-    paths = (save_nifti(tmp_path / "t1.nii.gz", t1, aff), save_nifti(tmp_path / "t2.nii.gz", t2, aff),
-             save_nifti(tmp_path / "aseg.nii.gz", labels.array, labels.affine))
+    paths = write_phantom_case(tmp_path, shape=(90, 110, 28), spacing=(2.0, 2.0, 7.0), angle_deg=0.0)
     result = run_subject(SubjectInputs(*paths), tmp_path / "out")
     codes = [f["code"] for f in result.qc["flags"]]
     assert "thick_slices_t2" in codes and "thick_slices_t1" in codes

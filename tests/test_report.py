@@ -10,19 +10,15 @@ from pvsquant.pipeline import run_subject
 from pvsquant.report import build_report, potter_category, write_report
 from pvsquant.types import REGION_CODES, SubjectInputs
 
-from .anatomy_phantom import label_phantom
 from .browser import not_blank, rendered_dom, screenshot
-from .conftest import head_phantom, oblique_affine, save_nifti
+from .conftest import write_phantom_case
 
 
 @pytest.fixture(scope="module")
 def run_output(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
-    t1, t2 = head_phantom(shape=(90, 110, 48), spacing=(2.0, 2.0, 4.0))
-    aff = oblique_affine((2.0, 2.0, 4.0), (90, 110, 48), 5.0)
-    labels = label_phantom()
-    inputs = SubjectInputs(save_nifti(d / "t1.nii.gz", t1, aff), save_nifti(d / "t2.nii.gz", t2, aff),
-                           labels=save_nifti(d / "aseg.nii.gz", labels.array, labels.affine), subject_id="sub-07")
+    t1, t2, aseg = write_phantom_case(d)
+    inputs = SubjectInputs(t1, t2, labels=aseg, subject_id="sub-07")
     run_subject(inputs, d / "sub-07")
     return d / "sub-07"
 

@@ -145,8 +145,7 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float]) -> N
     """The networks' input of one region crop (shared by counting and fine-tuning)."""
     import torch
 
-    image, soft = crop.image.array, crop.mask.array
-    region_mask = crop.region_mask.array if crop.region_mask is not None else soft >= 0.5
+    image, soft, region_mask = crop.image.array, crop.mask.array, crop.inside
     counting = count_mask(region_mask, spacing_mm)
     box = _support_box(soft)
     frangi = count_frangi(image[box], np.where(region_mask[box], 1.0, 0.0), spacing_mm)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .counting import MODELS
 from .errors import InputFileNotFoundError, InputTableError
 from .io import atomic_output_dir
 from .stats import agreement, bonferroni, pearson, williams_test
@@ -30,7 +31,6 @@ from .types import REGION_CODES
 
 log = logging.getLogger(__name__)
 
-MODELS = ("gpunet", "cnn", "frangi")
 METHODS = MODELS + ("rater2",)
 WILLIAMS_PAIRS = (("gpunet", "cnn"), ("gpunet", "frangi"), ("cnn", "frangi"))
 LABELS = {"gpunet": "GP-Unet", "cnn": "CNN", "frangi": "Frangi", "rater1": "rater 1", "rater2": "rater 2"}

@@ -117,6 +117,16 @@ def attention_vmax(attention: np.ndarray, region: np.ndarray) -> float:
     return max(float(np.percentile(positive, 99.5)) if positive.size else float(attention.max()), 1e-6)
 
 
+def region_view(crop, res) -> tuple[np.ndarray, ...]:
+    """A region's input, attention, detection labels and region mask cut to :func:`display_box`,
+    and the number of detected PVS on each axial slice."""
+    region = crop.inside
+    bx, by = display_box(region)
+    labels = res.detection_labels.array[bx, by]
+    per_slice = np.array([len(np.unique(labels[:, :, k])) - 1 for k in range(labels.shape[2])])
+    return crop.image.array[bx, by], res.attention.array[bx, by], labels, region[bx, by], per_slice
+
+
 def _circle_detections(ax, labels2d: np.ndarray) -> int:
     ids = [i for i in np.unique(labels2d) if i > 0]
     for i in ids:
@@ -135,11 +145,7 @@ def plot_attention(crops: dict, counted: dict, path: str | Path) -> Path:
         ax.axis("off")
     for row, name in enumerate(rows):
         crop, res = crops[name], counted[name]
-        region = crop.region_mask.array if crop.region_mask is not None else crop.mask.array >= 0.5
-        bx, by = display_box(region)
-        image, att = crop.image.array[bx, by], res.attention.array[bx, by]
-        labels, region = res.detection_labels.array[bx, by], region[bx, by]
-        per_slice = np.array([len(np.unique(labels[:, :, k])) - 1 for k in range(labels.shape[2])])
+        image, att, labels, region, per_slice = region_view(crop, res)
         k = int(per_slice.argmax()) if per_slice.max() > 0 else int(np.argmax(region.sum(axis=(0, 1))))
         spacing = crop.image.spacing_mm
         aspect = spacing[1] / spacing[0]
@@ -174,10 +180,7 @@ def plot_detections(crops: dict, counted: dict, path: str | Path, n_slices: int 
         ax.axis("off")
     for row, name in enumerate(rows):
         crop, res = crops[name], counted[name]
-        region = crop.region_mask.array if crop.region_mask is not None else crop.mask.array >= 0.5
-        bx, by = display_box(region)
-        image, labels, region = crop.image.array[bx, by], res.detection_labels.array[bx, by], region[bx, by]
-        per_slice = np.array([len(np.unique(labels[:, :, k])) - 1 for k in range(labels.shape[2])])
+        image, _, labels, region, per_slice = region_view(crop, res)
         with_region = np.flatnonzero(region.any(axis=(0, 1)))
         if per_slice.max() > 0:
             chosen = sorted(np.argsort(-per_slice, kind="stable")[:n_slices])

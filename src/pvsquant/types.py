@@ -119,6 +119,11 @@ class RegionCrop:
     region_mask: Volume | None = None
     """The region itself (boolean, before dilation) on the box grid: where counts are summed."""
 
+    @property
+    def inside(self) -> np.ndarray:
+        """The region as a boolean array: ``region_mask``, or the smoothed mask above 0.5 without it."""
+        return self.region_mask.array.astype(bool) if self.region_mask is not None else self.mask.array >= 0.5
+
 
 @dataclass(frozen=True)
 class QCFlag:
