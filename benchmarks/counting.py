@@ -18,7 +18,17 @@ slices; never used in training, which is synthetic only):
    recall and precision within 2.5 mm: a *new* detection (none in the clean scan within 2.5 mm)
    matched one-to-one to an injected PVS whose axis passes within 2.5 mm of its peak.
 
-Writes benchmarks/results_counting.md, benchmarks/results_counting.json, and figures in docs/.
+5. Placement on the clean scans (no injection): per region, the fraction of GP-Unet detections
+   whose peak lies outside the region, and the edge enrichment: the fraction of detections
+   within 1.5 mm of the region's edge (inside or out) divided by the fraction of the region's
+   volume within 1.5 mm of its edge (distances on the 0.5 x 0.5 x 0.8 mm crop grid). 1 is
+   chance; a map that traces the borders gives 3 or more.
+6. Scan-rescan: patient01 study1 vs study2 (one patient, two protocols): |difference| / mean of
+   the clean counts per region and model.
+
+The preparation of each scan (registration, anatomy, regions) is cached in
+benchmarks/_work/ (delete it to recompute). Writes benchmarks/results_counting.md,
+benchmarks/results_counting.json, and figures in docs/.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ from pvsquant.figures import plot_attention
 from pvsquant.pipeline import StageTimer, prepare_subject
 from pvsquant.roi import crop_regions
 from pvsquant.types import REGION_CODES, Settings, SubjectInputs, Volume
+from scipy import ndimage
 
 HERE = Path(__file__).resolve().parent
 RAW = HERE.parents[1] / "shared" / "data" / "open_ms_data" / "longitudinal" / "raw"
@@ -42,11 +53,45 @@ SCANS = [("patient01", "study1"), ("patient01", "study2"), ("patient12", "study1
 MATCH_MM = 2.5
 
 
+EDGE_MM = 1.5
+WORK = HERE / "_work"
+
+
 def prepare(t1_path: Path, t2_path: Path, settings: Settings) -> dict:
-    """Registration, anatomy and regions as pvsquant run does, and the injection landmarks."""
+    """Registration, anatomy and regions as pvsquant run does, and the injection landmarks
+    (cached in benchmarks/_work: the preparation does not depend on the networks)."""
+    import pickle
+
+    cached = WORK / f"prepared_{t2_path.parent.name}_{t2_path.name.split('.')[0]}.pkl"
+    if cached.is_file():
+        with open(cached, "rb") as f:
+            return pickle.load(f)
     prep = prepare_subject(SubjectInputs(t1_path, t2_path), settings, StageTimer())
     csf, centre = injection_landmarks(prep)
-    return {"t2": prep.t2, "regions": prep.regions, "csf": csf, "ventricle_centre": centre}
+    case = {"t2": prep.t2, "regions": prep.regions, "csf": csf, "ventricle_centre": centre}
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(cached, "wb") as f:
+        pickle.dump(case, f)
+    return case
+
+
+def placement(crop, detections: list) -> dict:
+    """Where a region's detections lie: outside fraction and edge enrichment (see the docstring)."""
+    inside = crop.inside
+    spacing = crop.image.spacing_mm
+    depth_in = ndimage.distance_transform_edt(inside, sampling=spacing)  # inside voxels: distance to outside
+    depth_out = ndimage.distance_transform_edt(~inside, sampling=spacing)  # outside voxels: distance to inside
+    edge_volume = float((depth_in[inside] <= EDGE_MM).mean()) if inside.any() else float("nan")
+    if not detections:
+        return {"detections": 0, "outside": 0, "near_edge": 0, "edge_volume_fraction": round(edge_volume, 3)}
+    inv = np.linalg.inv(crop.image.affine)
+    vox = np.round(np.array([inv[:3, :3] @ np.asarray(d.xyz) + inv[:3, 3] for d in detections])).astype(int)
+    vox = np.clip(vox, 0, np.asarray(inside.shape) - 1)
+    at = tuple(vox.T)
+    outside = ~inside[at]
+    distance = np.where(inside[at], depth_in[at], depth_out[at])
+    return {"detections": len(detections), "outside": int(outside.sum()), "near_edge": int((distance <= EDGE_MM).sum()),
+            "edge_volume_fraction": round(edge_volume, 3)}
 
 
 def inject(case: dict, n: int, rng: np.random.Generator) -> tuple[Volume, dict[str, list]]:
@@ -98,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(models_dir=str(args.models) if args.models else None)
     models = load_models(settings.models_dir, settings.threads)
-    rows, clean_counts, timings = [], {}, []
+    rows, clean_counts, clean_placement, timings = [], {}, {}, []
     start = time.perf_counter()
     for patient, study in SCANS[: args.scans]:
         scan = f"{patient}_{study}"
@@ -110,6 +155,7 @@ def main() -> None:
         case = prepare(t1p, t2p, settings)
         clean, crops = count_all(case["t2"], case, models, settings)
         clean_counts[scan] = {r: res.counts for r, res in clean.items()}
+        clean_placement[scan] = {r: placement(crops[r], res.detections) for r, res in clean.items()}
         timings += [{"region": r, **res.seconds} for r, res in clean.items()]
         plot_attention(crops, clean, HERE.parent / "docs" / f"counting_clean_{scan}.png")
         rng = np.random.default_rng([args.seed, SCANS.index((patient, study))])
@@ -152,9 +198,25 @@ def main() -> None:
                                    "precision": round(hits / new, 3) if new else None,
                                    "injected": injected, "new_detections": new}
         summary[region] = out
+    for region in summary:
+        per = [clean_placement[s][region] for s in clean_placement if region in clean_placement[s]]
+        dets = sum(p["detections"] for p in per)
+        edge_volume = float(np.mean([p["edge_volume_fraction"] for p in per]))
+        near = sum(p["near_edge"] for p in per)
+        summary[region]["placement"] = {
+            "detections": dets, "outside_fraction": round(sum(p["outside"] for p in per) / dets, 3) if dets else None,
+            "edge_enrichment": round(near / dets / edge_volume, 2) if dets else None,
+            "edge_volume_fraction": round(edge_volume, 3)}
+    rescan = {}
+    if {"patient01_study1", "patient01_study2"} <= set(clean_counts):
+        a, b = clean_counts["patient01_study1"], clean_counts["patient01_study2"]
+        for region in a:
+            rescan[region] = {m: round(abs(a[region][m] - b[region][m]) / max((a[region][m] + b[region][m]) / 2, 1e-6), 3)
+                              for m in ("gpunet", "cnn", "frangi")}
     network_s = {m: round(float(np.mean([t[m] for t in timings])), 3) for m in ("gpunet", "cnn", "frangi")}
     network_max = {m: round(float(np.max([t[m] for t in timings])), 3) for m in ("gpunet", "cnn", "frangi")}
-    result = {"summary": summary, "clean_counts": clean_counts, "seconds_per_region_mean": network_s,
+    result = {"summary": summary, "clean_counts": clean_counts, "clean_placement": clean_placement,
+              "scan_rescan": rescan, "seconds_per_region_mean": network_s,
               "seconds_per_region_max": network_max, "rows": rows, "levels": args.levels, "repeats": args.repeats,
               "total_seconds": round(time.perf_counter() - start, 1)}
     (HERE / "results_counting.json").write_text(json.dumps(result, indent=1))
@@ -181,6 +243,19 @@ def write_markdown(result: dict) -> None:
             det = s["gpunet_detection"] if m == "gpunet" else {"recall": "", "precision": ""}
             lines.append(f"| {region} | {m} | {s[m]['pearson_r']} | {s[m]['slope']} | {s[m]['mae']} | "
                          f"{det['recall']} | {det['precision']} |")
+    lines += ["", f"Placement of the GP-Unet detections on the clean scans (all {len(result['clean_counts'])} scans pooled): "
+              f"outside = fraction of detections outside the region; edge enrichment = fraction within {EDGE_MM} mm "
+              "of the region's edge / fraction of the region's volume there (1 = chance).", "",
+              "| region | detections | outside | edge enrichment | region volume near the edge |", "|---|---|---|---|---|"]
+    for region, s in result["summary"].items():
+        p = s["placement"]
+        lines.append(f"| {region} | {p['detections']} | {p['outside_fraction']} | {p['edge_enrichment']} | "
+                     f"{p['edge_volume_fraction']} |")
+    if result["scan_rescan"]:
+        lines += ["", "Scan-rescan, patient01 study1 vs study2 (two protocols): |difference| / mean of the clean counts.",
+                  "", "| region | gpunet | cnn | frangi |", "|---|---|---|---|"]
+        for region, d in result["scan_rescan"].items():
+            lines.append(f"| {region} | {d['gpunet']:.0%} | {d['cnn']:.0%} | {d['frangi']:.0%} |")
     lines += ["", "Absolute counts on the clean scans:", "", "| scan | region | gpunet | cnn | frangi |",
               "|---|---|---|---|---|"]
     for scan, per in result["clean_counts"].items():

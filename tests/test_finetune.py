@@ -10,7 +10,7 @@ from pvsquant.cli import main
 from pvsquant.counting import count_region, load_models
 from pvsquant.finetune import FinetuneSettings, feature_scale, finetune_cohort, fold_of, loo_error, ridge_towards
 from pvsquant.models import build_model, get_head, head_features, set_head
-from pvsquant.roi import load_crop, save_crop
+from pvsquant.roi import load_crop, save_crop, scale_to_region
 from pvsquant.synthesis import Tube, tube_occupancy
 from pvsquant.types import RegionCrop, Volume
 
@@ -21,7 +21,7 @@ SPACING = (0.5, 0.5, 0.8)
 def test_count_is_linear_in_the_output_layer(name):
     torch.manual_seed(0)
     model = build_model(name, 4).eval()
-    x = torch.rand(1, 2, 24, 24, 16)
+    x = torch.rand(1, 3, 24, 24, 16)
     mask = (torch.rand(1, 1, 24, 24, 16) > 0.3).float()
     with torch.no_grad():
         count, _ = model(x, mask)
@@ -64,9 +64,10 @@ def synthetic_crop(n_pvs: int, rng: np.random.Generator, shape=(48, 48, 28)) -> 
     if tubes:
         occ = tube_occupancy(tubes, affine, shape)
         image = image * (1 - occ) + 0.95 * occ
+    t2 = Volume(scale_to_region(image, region), affine)  # what the networks see: unmasked
     image = np.clip(image * region, 0, 1)
     return RegionCrop("basal_ganglia", Volume(image, affine), Volume(region.astype(np.float32), affine), affine,
-                      (0, 0, 0), shape, False, Volume(region, affine))
+                      (0, 0, 0), shape, False, Volume(region, affine), t2)
 
 
 @pytest.fixture(scope="module")

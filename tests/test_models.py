@@ -1,4 +1,4 @@
-"""The two networks: shapes, non-negative attention that sums to the count, masking."""
+"""The two networks: shapes, gated attention that sums to the count, masking."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,7 @@ from pvsquant.models import CountCNN, GPUnet, build_model, pad_to_multiple
 @pytest.fixture()
 def batch():
     torch.manual_seed(0)
-    x = torch.rand(2, 2, 24, 20, 16)  # T2 and vesselness
+    x = torch.rand(2, 3, 24, 20, 16)  # T2, vesselness, region
     mask = torch.zeros(2, 1, 24, 20, 16)
     mask[:, :, 4:20, 4:16, 2:14] = 1
     return x, mask
@@ -26,6 +26,37 @@ def test_gpunet_count_is_the_sum_of_its_attention_in_the_mask(batch):
     far[:, :, :2] = 1.0
     count_far, _ = GPUnet(width=4).eval()(far, torch.zeros_like(mask))
     assert torch.all(count_far == 0)
+
+
+def test_gpunet_attention_is_gated(batch):
+    """Where the gate is shut the map is exactly zero, whatever the output layer says: the map
+    cannot hold negative values that cancel positive ones elsewhere."""
+    x, mask = batch
+    model = GPUnet(width=4).eval()
+    with torch.no_grad():
+        model.output.bias.fill_(-5.0)  # a strongly negative mass everywhere
+        model.segment.weight.zero_()
+        model.segment.bias.fill_(-60.0)  # gate shut
+        count, attention = model(x, mask)
+        assert torch.all(attention.abs() < 1e-20) and torch.all(count.abs() < 1e-15)
+        model.segment.bias.fill_(60.0)  # gate open: the map is the linear mass read-out
+        count, attention = model(x, mask)
+        torch.testing.assert_close(attention, torch.full_like(attention, -5.0 * model.scale) +
+                                   model.scale * torch.einsum("bcxyz,c->bxyz", model.last_features,
+                                                              model.output.weight[0]).unsqueeze(1))
+
+
+def test_gpunet_count_is_linear_in_its_head_features(batch):
+    """Fine-tuning re-fits the output layer as a linear regression on head_features: that must
+    reproduce the count exactly, gate included."""
+    from pvsquant.models import get_head, head_features
+
+    x, mask = batch
+    model = GPUnet(width=4).eval()
+    with torch.no_grad():
+        count, _ = model(x, mask)
+        features = head_features(model, x, mask)
+    torch.testing.assert_close(features @ get_head(model), count, rtol=1e-4, atol=1e-5)
 
 
 def test_cnn_counts_from_pooled_features(batch):

@@ -93,3 +93,36 @@ def test_network_grid_is_closest_ras_whatever_the_storage():
     affine, grid_shape = network_grid(Volume(np.zeros((200, 200, 40), np.float32), sag), (0.5, 0.5, 0.8))
     np.testing.assert_allclose(affine[:3, :3], np.diag([0.5, 0.5, 0.8]), atol=1e-12)
     assert grid_shape == (320, 200, 125)
+
+
+def test_network_t2_is_unmasked_and_scaled_to_the_region(t2_and_regions):
+    """The networks' T2 channel keeps the anatomy around the region (no mask edge) and puts the
+    region's median at the reference level."""
+    from pvsquant.roi import scale_to_region
+
+    t2, regions = t2_and_regions
+    settings = Settings()
+    crop = crop_region(t2, regions, "basal_ganglia", settings)
+    scaled, inside = crop.t2.array, crop.inside
+    assert np.median(scaled[inside]) == pytest.approx(settings.region_reference_level, rel=1e-3)
+    raw = resample(t2, crop.image.affine, crop.image.shape, order=1).array
+    outside = (crop.mask.array < 1e-3) & (raw > 0)
+    # far outside the mask the paper's input is black; the network's T2 is the scan itself
+    assert np.all(crop.image.array[outside] == 0)
+    np.testing.assert_allclose(scaled[outside], np.clip(raw[outside] * scaled[inside].mean() / raw[inside].mean(),
+                                                        0, settings.region_clip_level), rtol=1e-3)
+    bright = scale_to_region(np.full((4, 4, 4), 50.0, np.float32) * np.arange(1, 5)[:, None, None],
+                             np.ones((4, 4, 4), bool), settings)
+    assert bright.max() <= settings.region_clip_level and bright.min() > 0
+
+
+def test_network_input_has_three_channels(t2_and_regions):
+    from pvsquant.counting import network_input
+
+    t2, regions = t2_and_regions
+    crop = crop_region(t2, regions, "midbrain")
+    net = network_input(crop, (0.5, 0.5, 0.8))
+    assert net.x.shape[:2] == (1, 3)
+    np.testing.assert_array_equal(net.x[0, 0].numpy(), crop.t2.array[net.box])
+    np.testing.assert_array_equal(net.x[0, 2].numpy() > 0.5, crop.inside[net.box])
+    np.testing.assert_array_equal(net.x[0, 1].numpy(), net.frangi.vesselness)

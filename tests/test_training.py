@@ -43,6 +43,7 @@ def test_tiny_gpunet_loss_falls(cache, tmp_path):
     history = json.loads((tmp_path / "run" / "train_log.json").read_text())["history"]
     assert result["steps_done"] == 80
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    assert result["settings"]["in_channels"] == 3  # T2, vesselness, region
     weights = torch.load(tmp_path / "run" / "basal_ganglia_gpunet.pt", weights_only=True)
     assert weights["model"] == "gpunet" and weights["region"] == "basal_ganglia"
 

@@ -232,10 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: {result.out_dir} (QC {result.qc['status']}; regions "
           + ", ".join(f"{k} {v:.1f} ml" for k, v in result.qc["regions"]["volumes_ml"].items()) + ")")
     counts = {(row["region"], row["model"]): row["count"] for row in result.qc.get("counts", [])}
+    primary = result.qc.get("primary_counts", {})
     for region in REGION_CODES:
-        values = ", ".join(f"{m} {'n/a' if counts.get((region, m)) is None else counts[(region, m)]}"
-                           for m in ("gpunet", "cnn", "frangi"))
-        print(f"  PVS count {region:18s} {values}")
+        main = primary.get(region, {}).get("model", "gpunet")
+        value = counts.get((region, main))
+        others = ", ".join(f"{m} {'n/a' if counts.get((region, m)) is None else counts[(region, m)]}"
+                           for m in ("gpunet", "cnn", "frangi") if m != main)
+        print(f"  PVS count {region:18s} {'n/a' if value is None else value} ({main}; secondary: {others})")
     return 0
 
 

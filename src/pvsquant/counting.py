@@ -29,6 +29,23 @@ log = logging.getLogger(__name__)
 MODELS = ("gpunet", "cnn", "frangi")
 """Model names in counts.tsv (stable)."""
 
+PRIMARY_MODEL: dict[str, str] = {
+    "centrum_semiovale": "gpunet",
+    "basal_ganglia": "gpunet",
+    "hippocampi": "gpunet",
+    "midbrain": "gpunet",
+}
+"""The count reported as *the* result of each region (the others are secondary): the method that
+does best on the counting benchmark (``benchmarks/results_counting.md``; the model card gives the
+figures)."""
+
+
+def primary_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{region: {"model", "count"}}``: the primary count of each region from counts rows."""
+    counts = {(r["region"], r["model"]): r["count"] for r in rows}
+    return {region: {"model": model, "count": counts.get((region, model))} for region, model in PRIMARY_MODEL.items()
+            if (region, model) in counts}
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -131,28 +148,54 @@ def _support_box(mask: np.ndarray, margin: int = 6, multiple: int = 4) -> tuple[
 
 @dataclass
 class NetworkInput:
-    """What the networks of a region see: the T2 crop and the region's vesselness (the map the
-    Frangi count thresholds) cut to the mask's support ``box``, and the counting mask there."""
+    """What the networks of a region see, cut to the mask's support ``box``, and the counting mask there.
 
-    x: Any  # torch tensor (1, 2, X, Y, Z)
+    Three channels (the default networks): the unmasked T2 scaled to the region
+    (:func:`pvsquant.roi.scale_to_region`), its Frangi vesselness, and the region itself.
+    Two channels (weights of pvsquant <= 0.1, the paper's input): the masked, min-max
+    normalised T2 and the vesselness of that."""
+
+    x: Any  # torch tensor (1, C, X, Y, Z)
     mask: Any  # torch tensor (1, 1, X, Y, Z)
     box: tuple[slice, ...]
     counting: np.ndarray  # on the whole crop
     frangi: Any  # FrangiCount of the box
 
 
-def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float]) -> NetworkInput:
+def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], channels: int = 3) -> NetworkInput:
     """The networks' input of one region crop (shared by counting and fine-tuning)."""
     import torch
 
-    image, soft, region_mask = crop.image.array, crop.mask.array, crop.inside
+    from .frangi import FrangiSettings
+
+    soft, region_mask = crop.mask.array, crop.inside
     counting = count_mask(region_mask, spacing_mm)
     box = _support_box(soft)
-    frangi = count_frangi(image[box], np.where(region_mask[box], 1.0, 0.0), spacing_mm)
-    channels = np.stack([image[box], frangi.vesselness]).astype(np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(channels))[None]
+    region = np.where(region_mask[box], 1.0, 0.0).astype(np.float32)
+    if channels == 3:
+        if crop.t2 is None:
+            raise ValueError(f"the {crop.region} crop has no unmasked T2 (written by pvsquant <= 0.1); re-run it")
+        image = crop.t2.array[box]
+        frangi = count_frangi(image, region, spacing_mm, FrangiSettings(fill_outside=False))
+        stacked = np.stack([image, frangi.vesselness, region])
+    elif channels == 2:
+        image = crop.image.array[box]
+        frangi = count_frangi(image, region, spacing_mm)
+        stacked = np.stack([image, frangi.vesselness])
+    else:
+        raise ValueError(f"networks take 2 or 3 input channels, not {channels}")
+    x = torch.from_numpy(np.ascontiguousarray(stacked.astype(np.float32)))[None]
     m = torch.from_numpy(np.ascontiguousarray(counting[box], dtype=np.float32))[None, None]
     return NetworkInput(x, m, box, counting, frangi)
+
+
+def model_channels(models: dict[tuple[str, str], Any], region: str) -> int:
+    """Input channels of a region's networks (they must agree)."""
+    found = {m.encoder.channels[0] - m.encoder.width for (r, _), m in models.items() if r == region}
+    if len(found) > 1:
+        raise ValueError(f"the {region} networks take different inputs ({sorted(found)} channels); "
+                         "use weights of one pvsquant version")
+    return found.pop() if found else 3
 
 
 def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_mm: tuple[float, float, float],
@@ -161,7 +204,7 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_m
     import torch
 
     start = time.perf_counter()
-    net_input = network_input(crop, spacing_mm)
+    net_input = network_input(crop, spacing_mm, model_channels(models, crop.region))
     image, counting, box, frangi, x, m = (crop.image.array, net_input.counting, net_input.box, net_input.frangi,
                                          net_input.x, net_input.mask)
     frangi_labels = np.zeros(image.shape, np.int32)

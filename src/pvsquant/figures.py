@@ -118,13 +118,15 @@ def attention_vmax(attention: np.ndarray, region: np.ndarray) -> float:
 
 
 def region_view(crop, res) -> tuple[np.ndarray, ...]:
-    """A region's input, attention, detection labels and region mask cut to :func:`display_box`,
-    and the number of detected PVS on each axial slice."""
+    """A region's T2 (the networks' unmasked channel, or the masked input of older runs), attention,
+    detection labels and region mask cut to :func:`display_box`, and the number of detected PVS
+    on each axial slice."""
     region = crop.inside
     bx, by = display_box(region)
     labels = res.detection_labels.array[bx, by]
     per_slice = np.array([len(np.unique(labels[:, :, k])) - 1 for k in range(labels.shape[2])])
-    return crop.image.array[bx, by], res.attention.array[bx, by], labels, region[bx, by], per_slice
+    image = crop.t2.array if crop.t2 is not None else crop.image.array
+    return image[bx, by], res.attention.array[bx, by], labels, region[bx, by], per_slice
 
 
 def _circle_detections(ax, labels2d: np.ndarray) -> int:

@@ -121,7 +121,7 @@ def cohort_features(scores: dict, result_dirs: list[Path], models: dict, setting
     """Per region: subjects, rater1 and every network's pooled head features on each scan."""
     import torch
 
-    from .counting import network_input
+    from .counting import model_channels, network_input
     from .models import head_features
     from .roi import load_crop
 
@@ -135,7 +135,7 @@ def cohort_features(scores: dict, result_dirs: list[Path], models: dict, setting
         if crop is None:
             log.warning("%s: no %s crop in %s (region empty); left out", subject, region, by_subject[subject])
             continue
-        net_input = network_input(crop, tuple(float(v) for v in crop.image.spacing_mm))
+        net_input = network_input(crop, tuple(float(v) for v in crop.image.spacing_mm), model_channels(models, region))
         entry = per_region.setdefault(region, {"subjects": [], "rater1": [], **{m: [] for m in NETWORKS}})
         entry["subjects"].append(subject)
         entry["rater1"].append(scores[(subject, region)]["rater1"])

@@ -33,11 +33,12 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
 class Encoder(nn.Module):
     """The paper's encoder: conv, conv, concat input, max-pool, conv, conv, concat pooled input."""
 
-    def __init__(self, width: int = 8, in_channels: int = 2) -> None:
+    def __init__(self, width: int = 8, in_channels: int = 3) -> None:
         super().__init__()
         self.level1 = nn.Sequential(_conv(in_channels, width), _conv(width, width))
         self.level2 = nn.Sequential(_conv(width + in_channels, 2 * width), _conv(2 * width, 2 * width))
         self.channels = (width + in_channels, 2 * width + in_channels)
+        self.width = width
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f1 = torch.cat([self.level1(x), x], dim=1)
@@ -49,7 +50,7 @@ class Encoder(nn.Module):
 class CountCNN(nn.Module):
     """Encoder, global (sum) pooling over the counting mask at half resolution, linear output."""
 
-    def __init__(self, width: int = 8, in_channels: int = 2) -> None:
+    def __init__(self, width: int = 8, in_channels: int = 3) -> None:
         super().__init__()
         self.encoder = Encoder(width, in_channels)
         self.output = nn.Linear(self.encoder.channels[1], 1)
@@ -67,7 +68,7 @@ class CountCNN(nn.Module):
 class GPUnet(nn.Module):
     """Encoder, third level, decoder with skip connections, attention map and its sum."""
 
-    def __init__(self, width: int = 8, in_channels: int = 2, features: int = 8) -> None:
+    def __init__(self, width: int = 8, in_channels: int = 3, features: int = 8) -> None:
         super().__init__()
         self.encoder = Encoder(width, in_channels)
         c1, c2 = self.encoder.channels
@@ -75,23 +76,26 @@ class GPUnet(nn.Module):
         self.up2 = nn.Sequential(_conv(4 * width + c2, 2 * width), _conv(2 * width, 2 * width))
         self.up1 = nn.Sequential(_conv(2 * width + c1, width), _conv(width, features))
         self.output = nn.Linear(features, 1)
-        self.segment = nn.Linear(features, 1)  # auxiliary in training: is this voxel on a PVS axis?
+        self.segment = nn.Linear(features, 1)  # the gate: is this voxel on a PVS?
         self.scale = 1e-2  # attention in PVS per voxel: a PVS is a blob of mass 1 with a peak of ~0.04
         nn.init.zeros_(self.output.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Count per image (B,) and the attention (density) map (B, 1, X, Y, Z), in PVS per voxel.
 
-        The map is linear in the last features (no activation): a rectified or softplus map
-        collapses to zero under the sparse density target (measured), and small negative
-        values cancel positive noise in the count."""
+        The map is gated: ``sigmoid(segment . f) * (output . f)``, the probability that a voxel
+        lies on a PVS (a second linear read-out of the last features ``f``, trained voxel-wise)
+        times the output layer's PVS mass per voxel. Where no PVS is, the gate is ~0, so the map
+        cannot trace tissue borders with positive values offset by negative ones elsewhere (the
+        purely linear map of pvsquant 0.1 did), and the count and the detections agree."""
         f1, f2, _ = self.encoder(x)
         f3 = self.level3(F.max_pool3d(f2, 2))
         u2 = self.up2(torch.cat([F.interpolate(f3, size=f2.shape[2:], mode="trilinear", align_corners=False), f2], 1))
         last = self.up1(torch.cat([F.interpolate(u2, size=f1.shape[2:], mode="trilinear", align_corners=False), f1], 1))
-        self.last_features = last  # kept for the auxiliary segmentation loss
-        attention = torch.einsum("bcxyz,c->bxyz", last, self.output.weight[0]) + self.output.bias[0]
-        attention = attention.unsqueeze(1) * self.scale
+        self.last_features = last  # kept for the segmentation loss
+        self.gate_logit = (torch.einsum("bcxyz,c->bxyz", last, self.segment.weight[0]) + self.segment.bias[0]).unsqueeze(1)
+        mass = torch.einsum("bcxyz,c->bxyz", last, self.output.weight[0]) + self.output.bias[0]
+        attention = torch.sigmoid(self.gate_logit) * mass.unsqueeze(1) * self.scale
         return (attention * mask).sum(dim=(1, 2, 3, 4)), attention
 
 
@@ -99,13 +103,13 @@ def head_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torc
     """The features the output layer weighs, pooled over the counting mask: (B, C + 1), such that
     ``count = head_features @ [w, b]`` with ``[w, b]`` the output layer (:func:`get_head`).
 
-    Both networks are linear in their last layer after the sum pooling, so a count is a linear
-    function of these pooled features: fine-tuning that layer on image-level counts is a
+    Both networks are linear in their output layer after the sum pooling (the GP-Unet's gate
+    weighs the pooling and is kept fixed), so a count is a linear function of these pooled features: fine-tuning that layer on image-level counts is a
     (regularised) linear regression on them.
     """
     if isinstance(model, GPUnet):
         model(x, mask)
-        features, weights = model.last_features, mask
+        features, weights = model.last_features, mask * torch.sigmoid(model.gate_logit)
     elif isinstance(model, CountCNN):
         features, weights = model.encoder(x)[1], F.max_pool3d(mask, 2)
     else:
@@ -126,7 +130,7 @@ def set_head(model: nn.Module, head: torch.Tensor) -> None:
         model.output.bias.copy_(head[-1:])
 
 
-def build_model(name: str, width: int = 8, in_channels: int = 2) -> nn.Module:
+def build_model(name: str, width: int = 8, in_channels: int = 3) -> nn.Module:
     if name == "cnn":
         return CountCNN(width, in_channels)
     if name == "gpunet":

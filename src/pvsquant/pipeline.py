@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .anatomy import segment_anatomy, structure_volumes_ml
-from .counting import count_region, load_models, save_count_outputs
+from .counting import count_region, load_models, primary_counts, save_count_outputs
 from .figures import plot_attention, plot_detections, plot_registration, plot_regions_mosaic, plot_roi_crops
 from .io import atomic_output_dir, check_pair_overlap, load_volume, save_volume, write_json
 from .regions import Regions, make_regions, regions_on_grid
@@ -212,6 +212,7 @@ def quantify_subject(prep: PreparedSubject, out: Path, settings: Settings, timer
                     "superior_axis_t2_world": np.round(regions.superior_axis_t2, 4).tolist()},
         "roi": roi_info,
         "counts": count_rows,
+        "primary_counts": primary_counts(count_rows),
         "detected_pvs": {name: len(res.detections) for name, res in counted.items()},
         "inference_seconds": {name: res.seconds for name, res in counted.items()},
         "models": model_files,

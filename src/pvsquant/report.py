@@ -61,13 +61,17 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def counts_table(qc: dict[str, Any]) -> str:
     counts = {(r["region"], r["model"]): r["count"] for r in qc.get("counts", [])}
     detected = qc.get("detected_pvs", {})
+    primary = qc.get("primary_counts", {})
     head = "".join(f"<th>{m}</th>" for m in MODEL_LABELS.values())
-    rows = [f"<tr><th>region</th>{head}<th>detected PVS</th><th>category (GP-Unet)</th></tr>"]
+    rows = [f"<tr><th>region</th><th>PVS count</th>{head}<th>detected PVS</th><th>category</th></tr>"]
     for region in REGION_CODES:
+        main = primary.get(region, {"model": "gpunet", "count": counts.get((region, "gpunet"))})
         cells = "".join(f'<td class="num">{_fmt(counts.get((region, m)), 0 if m == "frangi" else 1)}</td>'
                         for m in MODEL_LABELS)
-        category = potter_category(counts.get((region, "gpunet"))) if region in POTTER_REGIONS else None
-        rows.append(f"<tr><td>{region.replace('_', ' ')}</td>{cells}"
+        category = potter_category(main["count"]) if region in POTTER_REGIONS else None
+        result = (f'<td class="num"><b>{_fmt(main["count"], 0 if main["model"] == "frangi" else 1)}</b> '
+                  f'<span class="note">({_esc(MODEL_LABELS.get(main["model"], main["model"]))})</span></td>')
+        rows.append(f"<tr><td>{region.replace('_', ' ')}</td>{result}{cells}"
                     f'<td class="num">{_esc(detected.get(region, "n/a"))}</td>'
                     f'<td class="num">{"" if category is None else category}</td></tr>')
     return '<table id="counts">' + "".join(rows) + "</table>"
@@ -115,8 +119,10 @@ def build_report(out_dir: Path) -> str:
     parts += [header_table(qc), "<h2>Quality control</h2>", qc_section(qc),
               "<h2>PVS counts</h2>", counts_table(qc),
               "<p class='note'>Counts are numbers of PVS in the whole 3D region (GP-Unet and CNN: sum of the "
-              "network's output; Frangi: connected components of a vesselness filter). The category applies the "
-              "Potter et al. (2015) bands (0 none, 1: 1-10, 2: 11-20, 3: 21-40, 4: &gt;40) to the GP-Unet count; "
+              "network's output; Frangi: connected components of a vesselness filter). <b>PVS count</b> is the "
+              "result of each region: the method that did best on pvsquant's counting benchmark for that region "
+              "(MODEL_CARD.md); the other columns are secondary. The category applies the "
+              "Potter et al. (2015) bands (0 none, 1: 1-10, 2: 11-20, 3: 21-40, 4: &gt;40) to that count; "
               "a rater applies them to one slice, so it is indicative, not a rating. The networks were trained on "
               "synthetic PVS only and are not calibrated against visual scores (see <code>pvsquant finetune</code>)."
               " Research use; not for diagnosis.</p>",

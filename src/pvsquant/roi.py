@@ -74,9 +74,28 @@ def crop_region(t2: Volume, regions: Regions, region: str, settings: Settings = 
     region_mask = work.with_array((work.array == code).astype(np.float32))
     inside = resample(region_mask, box_affine, box_shape, order=1).array >= 0.5
     normalised, soft = normalise_in_mask(image, inside, spacing, settings)
+    scaled = scale_to_region(image, inside, settings)
     return RegionCrop(region=region, image=Volume(normalised, box_affine), mask=Volume(soft, box_affine),
                       grid_affine=grid_affine, box_start=start, box_shape=box_shape,  # type: ignore[arg-type]
-                      clipped=clipped, region_mask=Volume(inside, box_affine))
+                      clipped=clipped, region_mask=Volume(inside, box_affine), t2=Volume(scaled, box_affine))
+
+
+def scale_to_region(image: np.ndarray, region_mask: np.ndarray, settings: Settings = Settings()) -> np.ndarray:
+    """The networks' T2 channel: the resampled T2 box, *not* masked, divided by the region's median
+    and multiplied by ``settings.region_reference_level``, clipped to [0, ``region_clip_level``].
+
+    The paper's input (:func:`normalise_in_mask`) multiplies the T2 with a smoothed mask, which
+    draws a bright-to-black edge around every region: the first networks learned to count it.
+    Here the anatomy around the region stays as it is (cortex, sulci, ventricles, cisterns are
+    seen for what they are) and the region enters the networks as a separate channel. Shared by
+    the pipeline and the synthetic training data."""
+    inside = region_mask.astype(bool)
+    values = image[inside & (image > 0)]
+    if values.size == 0:  # an empty region: scale by the whole box
+        values = image[image > 0] if np.any(image > 0) else np.ones(1, np.float32)
+    median = float(np.median(values))
+    scaled = image * (settings.region_reference_level / max(median, 1e-6))
+    return np.clip(scaled, 0.0, settings.region_clip_level).astype(np.float32)
 
 
 def count_mask(region_mask: np.ndarray, spacing_mm: np.ndarray | tuple[float, ...], margin_mm: float = 1.0
@@ -122,8 +141,9 @@ def paste_back(box_map: Volume, t2: Volume, order: int = 1) -> Volume:
 
 
 def save_crop(crop: RegionCrop, roi_dir: Path) -> None:
-    """``<region>.nii.gz`` (network input), ``<region>_mask.nii.gz`` (smoothed mask) and
-    ``<region>_region.nii.gz`` (the region itself) in ``roi_dir``."""
+    """``<region>.nii.gz`` (the paper's masked input), ``<region>_mask.nii.gz`` (smoothed mask),
+    ``<region>_region.nii.gz`` (the region itself) and ``<region>_t2.nii.gz`` (the unmasked,
+    region-scaled T2 the networks see) in ``roi_dir``."""
     from .io import save_volume
 
     save_volume(crop.image, roi_dir / f"{crop.region}.nii.gz", dtype=np.float32)
@@ -131,6 +151,8 @@ def save_crop(crop: RegionCrop, roi_dir: Path) -> None:
     if crop.region_mask is not None:
         save_volume(crop.region_mask.with_array(crop.region_mask.array.astype(np.uint8)),
                     roi_dir / f"{crop.region}_region.nii.gz", dtype=np.uint8)
+    if crop.t2 is not None:
+        save_volume(crop.t2, roi_dir / f"{crop.region}_t2.nii.gz", dtype=np.float32)
 
 
 def _read_map(path: Path, what: str) -> Volume:
@@ -155,5 +177,7 @@ def load_crop(roi_dir: Path, region: str) -> RegionCrop | None:
     mask = _read_map(Path(roi_dir) / f"{region}_mask.nii.gz", f"{region} mask")
     region_file = Path(roi_dir) / f"{region}_region.nii.gz"
     inside = _read_map(region_file, f"{region} region").array > 0 if region_file.is_file() else mask.array >= 0.5
+    t2_file = Path(roi_dir) / f"{region}_t2.nii.gz"
+    t2 = _read_map(t2_file, f"{region} T2 network input") if t2_file.is_file() else None
     return RegionCrop(region=region, image=image, mask=mask, grid_affine=image.affine, box_start=(0, 0, 0),
-                      box_shape=image.shape, clipped=False, region_mask=image.with_array(inside))
+                      box_shape=image.shape, clipped=False, region_mask=image.with_array(inside), t2=t2)

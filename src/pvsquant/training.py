@@ -1,9 +1,9 @@
 """Training of the counting networks on synthetic patches (:mod:`pvsquant.trainingdata`).
 
 * GP-Unet: supervised with the density map (where each PVS is), a weak count term
-  (calibration) and an auxiliary voxel-wise segmentation of the PVS axes (class-balanced
-  cross-entropy on a second linear read-out of the last feature maps: a dense signal that
-  trains the features faster than the sparse density target alone). The count term must stay
+  (calibration) and a voxel-wise segmentation of the PVS axes (class-balanced cross-entropy on
+  the gate, a second linear read-out of the last feature maps that multiplies the attention:
+  a dense signal that trains the features faster than the sparse density target alone). The count term must stay
   weak: its gradient is orders of magnitude larger per unit of error, and with equal weights
   training is count-only in disguise, which does not learn on a CPU budget (see the model card).
 * CNN: the paper's image-level label only (MSE on the count). Its encoder starts from the
@@ -45,7 +45,7 @@ class TrainSettings:
     density_weight: float = 1e4
     count_weight: float = 1e-4
     width: int = 8
-    in_channels: int = 2
+    in_channels: int = 3
     segment_weight: float = 1.0
     segment_threshold: float = 1e-3
     seed: int = 0
@@ -78,12 +78,18 @@ def load_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarr
 
 
 def network_channels(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """The networks' second input for each cached sample: the region's Frangi vesselness
-    (:func:`pvsquant.frangi.region_vesselness`), exactly as ``pvsquant run`` computes it."""
-    from .frangi import region_vesselness
+    """The networks' second input for each cached sample: the Frangi vesselness of the unmasked,
+    region-scaled T2, exactly as ``pvsquant run`` computes it (:func:`pvsquant.counting.network_input`)."""
+    from .frangi import FrangiSettings, region_vesselness
 
-    return np.stack([region_vesselness(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8))
+    settings = FrangiSettings(fill_outside=False)
+    return np.stack([region_vesselness(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8), settings)
                      for i, m in zip(images, masks)]).astype(np.float16)
+
+
+def stack_channels(image: np.ndarray, vesselness: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(B, 3, X, Y, Z) network input: T2, vesselness, region."""
+    return np.stack([image, vesselness, region], axis=1).astype(np.float32)
 
 
 class PatchBatches:
@@ -103,7 +109,8 @@ class PatchBatches:
             for key in out:
                 arr = self.data[key][sl].astype(np.float32)
                 out[key].append(np.flip(arr, axis=flips).copy() if flips else arr)
-        image = torch.from_numpy(np.stack([np.stack(out["image"]), np.stack(out["vesselness"])], axis=1))
+        image = torch.from_numpy(stack_channels(np.stack(out["image"]), np.stack(out["vesselness"]),
+                                                np.stack(out["mask"])))
         mask, density = (torch.from_numpy(np.stack(out[k]))[:, None] for k in ("mask", "density"))
         from .roi import count_mask  # the same counting mask as at inference
 
@@ -120,10 +127,9 @@ def loss_terms(model: torch.nn.Module, pred_count: torch.Tensor, attention: torc
     if settings.model == "gpunet":
         density_term = ((attention - density) ** 2).mean()
         on_axis = (density > settings.segment_threshold).float()
-        logit = torch.einsum("bcxyz,c->bxyz", model.last_features, model.segment.weight[0]).unsqueeze(1)
         positive = float(on_axis.mean().clamp(1e-4, 0.5))
-        segment_term = F.binary_cross_entropy_with_logits(logit + model.segment.bias[0], on_axis,
-                                                          pos_weight=torch.tensor((1 - positive) / positive))
+        segment_term = F.binary_cross_entropy_with_logits(model.gate_logit, on_axis,
+                                                          pos_weight=torch.tensor(((1 - positive) / positive) ** 0.5))
         loss = (settings.density_weight * density_term + settings.count_weight * count_term
                 + settings.segment_weight * segment_term)
         return loss, {"density": float(density_term.detach()) * settings.density_weight,
@@ -141,8 +147,8 @@ def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: in
     with torch.no_grad():
         for start in range(0, len(data["image"]), batch_size):
             chunk = slice(start, start + batch_size)
-            image = torch.from_numpy(np.stack([data["image"][chunk], data["vesselness"][chunk]], axis=1)
-                                     .astype(np.float32))
+            image = torch.from_numpy(stack_channels(data["image"][chunk], data["vesselness"][chunk],
+                                                    data["mask"][chunk]))
             masks = np.stack([count_mask(m, (0.5, 0.5, 0.8)) for m in data["mask"][start:start + batch_size]])
             pred, _ = model(image, torch.from_numpy(masks)[:, None].float())
             preds.append(pred.numpy())

@@ -17,8 +17,10 @@ One sample, from a SynthSeg label map (anatomy) and a random generator:
 5. Bias field; clinical acquisition: slice profile (Gaussian, FWHM = slice thickness
    3-7 mm), slice gap 0-1 mm, in-plane resolution 0.4-0.7 mm, Rician noise.
 6. The pipeline's own code: :func:`pvsquant.roi.network_grid` and :func:`pvsquant.grids.resample`
-   to 0.5 x 0.5 x 0.8 mm, then :func:`pvsquant.roi.normalise_in_mask` (dilate, smooth,
-   multiply, min-max normalise).
+   to 0.5 x 0.5 x 0.8 mm, then :func:`pvsquant.roi.scale_to_region` (the unmasked T2 scaled to
+   the region's median; the region itself is the networks' third channel). Patches are centred
+   anywhere within 8 mm of the region, so the borders (cortex, sulci, ventricles, cisterns)
+   enter them with a zero label.
 
 Labels of a sample: the number of PVS centres inside the patch and the region, and a density
 map: each PVS a unit mass spread along its axis (:func:`line_density`), kept inside the
@@ -40,7 +42,7 @@ from .anatomy import labels_from_file
 from .grids import resample, voxel_indices, world_coordinates
 from .io import load_volume
 from .regions import make_regions
-from .roi import box_grid, count_mask, network_grid, normalise_in_mask
+from .roi import box_grid, count_mask, network_grid, scale_to_region
 from .synthesis import (CSF_CODES, WM_CODES, Tube, bias_field, blob_occupancy, paint, perturb_direction,
                         random_rotation, t2_intensities, tube_occupancy)
 from .types import REGION_CODES, RigidTransform, Settings, Volume
@@ -236,7 +238,7 @@ def make_sample(amap: AnatomyMap, region: str, rng: np.random.Generator, setting
     if len(region_idx) == 0:
         raise ValueError(f"label map {amap.name} has no {region}")
     centre = world_coordinates(amap.regions.affine, region_idx[rng.integers(len(region_idx))][None])[0]
-    centre = centre + rng.uniform(-4, 4, 3)
+    centre = centre + rng.uniform(-8, 8, 3)
     half_patch = 0.5 * np.asarray(patch_shape) * spacing
 
     # 1. scanner frame and clinical sampling
@@ -302,7 +304,7 @@ def make_sample(amap: AnatomyMap, region: str, rng: np.random.Generator, setting
     patch = resample(clinical, box_affine, patch_shape, order=1).array
     region_vol = amap.regions.with_array((amap.regions.array == REGION_CODES[region]).astype(np.float32))
     region_mask = resample(region_vol, box_affine, patch_shape, order=1).array >= 0.5
-    normalised, _ = normalise_in_mask(patch, region_mask, spacing, settings)
+    normalised = scale_to_region(patch, region_mask, settings)
 
     # labels: centres inside the patch and the region
     vox = voxel_indices(box_affine, centres) if len(centres) else np.zeros((0, 3))

@@ -118,6 +118,9 @@ class RegionCrop:
     """True when the region did not fit in the box and was cut."""
     region_mask: Volume | None = None
     """The region itself (boolean, before dilation) on the box grid: where counts are summed."""
+    t2: Volume | None = None
+    """The same box of the T2 *without* the mask, scaled by the region's median
+    (:func:`pvsquant.roi.scale_to_region`): the networks' input (with the region as a channel)."""
 
     @property
     def inside(self) -> np.ndarray:
@@ -175,6 +178,10 @@ class Settings:
     # counting
     models_dir: str | None = None
     """Folder of the user's own (fine-tuned) ``<region>_<model>.pt`` weights; the shipped ones fill gaps."""
+    region_reference_level: float = 0.35
+    """The networks' T2 channel: the T2 divided by the region's median, times this level, clipped
+    to [0, ``region_clip_level``] (tissue at ~0.35, CSF-bright PVS at ~1, as Frangi expects)."""
+    region_clip_level: float = 1.5
     detection_level: float = 1.5e-3
     """Detected PVS: components of the GP-Unet attention map above this level (PVS per voxel) ..."""
     detection_min_mass: float = 0.3
