@@ -83,9 +83,10 @@ class GPUnet(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Count per image (B,) and the attention (density) map (B, 1, X, Y, Z), in PVS per voxel.
 
-        The map is gated: ``sigmoid(segment . f) * (output . f)``, the probability that a voxel
-        lies on a PVS (a second linear read-out of the last features ``f``, trained voxel-wise)
-        times the output layer's PVS mass per voxel. Where no PVS is, the gate is ~0, so the map
+        The map is gated: ``gate(segment . f) * (output . f)``, the probability that a voxel
+        lies on a PVS (a second linear read-out of the last features ``f``, trained voxel-wise),
+        cut to zero below 0.5 (:func:`gate`), times the output layer's PVS mass per voxel. Where
+        no PVS is, the gate is 0, so the map
         cannot trace tissue borders with positive values offset by negative ones elsewhere (the
         purely linear map of pvsquant 0.1 did), and the count and the detections agree."""
         f1, f2, _ = self.encoder(x)
@@ -95,8 +96,17 @@ class GPUnet(nn.Module):
         self.last_features = last  # kept for the segmentation loss
         self.gate_logit = (torch.einsum("bcxyz,c->bxyz", last, self.segment.weight[0]) + self.segment.bias[0]).unsqueeze(1)
         mass = torch.einsum("bcxyz,c->bxyz", last, self.output.weight[0]) + self.output.bias[0]
-        attention = torch.sigmoid(self.gate_logit) * mass.unsqueeze(1) * self.scale
+        attention = gate(self.gate_logit) * mass.unsqueeze(1) * self.scale
         return (attention * mask).sum(dim=(1, 2, 3, 4)), attention
+
+
+def gate(logit: torch.Tensor) -> torch.Tensor:
+    """The GP-Unet's gate: the PVS probability ``sigmoid(logit)`` where it is at least 0.5, else 0.
+
+    Cut, so that the mass read-out only has to be right on the PVS themselves: with a soft gate,
+    the small probabilities over the whole region (~0.06 per voxel, measured) summed to several
+    false PVS and pushed the mass towards zero everywhere."""
+    return torch.sigmoid(logit) * (logit >= 0).to(logit.dtype)
 
 
 def head_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -109,7 +119,7 @@ def head_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torc
     """
     if isinstance(model, GPUnet):
         model(x, mask)
-        features, weights = model.last_features, mask * torch.sigmoid(model.gate_logit)
+        features, weights = model.last_features, mask * gate(model.gate_logit)
     elif isinstance(model, CountCNN):
         features, weights = model.encoder(x)[1], F.max_pool3d(mask, 2)
     else:

@@ -42,7 +42,7 @@ class TrainSettings:
     batch_size: int = 8
     crop: tuple[int, int, int] = (48, 48, 32)
     learning_rate: float = 2e-3
-    density_weight: float = 1e4
+    density_weight: float = 1e5
     count_weight: float = 1e-4
     width: int = 8
     in_channels: int = 3
