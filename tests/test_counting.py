@@ -35,10 +35,10 @@ def test_detect_pvs_finds_each_pvs_once():
     assert all(mass == pytest.approx(1.0, abs=0.15) for *_, mass in found)
     line = [f for f in found if f[0] not in {tuple(c) for c in centres}][0]
     assert line[2] > 40  # the long PVS is one component along its length
-    # Outside the counting mask nothing is detected; a faint blob (a fifth of a PVS) is not a PVS.
+    # Outside the counting mask nothing is detected; a faint blob (a tenth of a PVS, below min_mass 0.15) is not a PVS.
     counting[:25] = False
     assert len(detect_pvs(attention, counting)[1]) == 2
-    assert detect_pvs(0.2 * blobs(centres), np.ones_like(counting))[1] == []
+    assert detect_pvs(0.1 * blobs(centres), np.ones_like(counting))[1] == []
 
 
 def _crop(shape=(40, 40, 24)):

@@ -104,7 +104,7 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
     return found
 
 
-def detect_pvs(attention: np.ndarray, counting: np.ndarray, level: float = 1.5e-3, min_mass: float = 0.3
+def detect_pvs(attention: np.ndarray, counting: np.ndarray, level: float = 1.5e-3, min_mass: float = 0.15
                ) -> tuple[np.ndarray, list[tuple[tuple[int, int, int], float, int, float]]]:
     """PVS as connected components (26-connected) of the attention map above ``level`` (grown by
     watershed over the map above ``level / 6``), whose
@@ -199,7 +199,7 @@ def model_channels(models: dict[tuple[str, str], Any], region: str) -> int:
 
 
 def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_mm: tuple[float, float, float],
-                 level: float = 1.5e-3, min_mass: float = 0.3) -> RegionCounts:
+                 level: float = 1.5e-3, min_mass: float = 0.15) -> RegionCounts:
     """Counts of one region by every model, the attention map and the detected PVS."""
     import torch
 
