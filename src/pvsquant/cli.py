@@ -134,7 +134,8 @@ def train_command(args: argparse.Namespace) -> int:
         generate_dataset(maps[len(maps) - args.val_maps:], region, args.val_samples, cache / "val",
                          seed=args.seed + 1000, workers=args.threads, shard_size=25)
     settings = TrainSettings(region=args.region, model=args.model, steps=args.steps, batch_size=args.batch_size,
-                             learning_rate=args.lr, density_weight=args.density_weight, seed=args.seed, threads=args.threads, max_minutes=args.minutes,
+                             learning_rate=args.lr, density_weight=args.density_weight, seed=args.seed,
+                             threads=args.threads, max_minutes=args.minutes,
                              init=str(args.init) if args.init else None)
     result = train(settings, cache / "train", args.out, val_dir=cache / "val", device=args.device)
     print(json.dumps({k: result[k] for k in ("steps_done", "train_seconds", "validation") if k in result}))

@@ -22,7 +22,7 @@ from .errors import InputFileNotFoundError, InputImageError
 from .frangi import count_frangi
 from .grids import world_coordinates
 from .roi import count_mask
-from .types import RegionCrop, Volume
+from .types import RegionCrop, Settings, Volume
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
     return found
 
 
-def detect_pvs(attention: np.ndarray, counting: np.ndarray, level: float = 1.5e-3, min_mass: float = 0.15
+def detect_pvs(attention: np.ndarray, counting: np.ndarray, level: float = Settings.detection_level,
+               min_mass: float = Settings.detection_min_mass
                ) -> tuple[np.ndarray, list[tuple[tuple[int, int, int], float, int, float]]]:
     """PVS as connected components (26-connected) of the attention map above ``level`` (grown by
     watershed over the map above ``level / 6``), whose
@@ -178,7 +179,9 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
     region = np.where(region_mask[box], 1.0, 0.0).astype(np.float32)
     if channels == 3:
         if crop.t2 is None:
-            raise ValueError(f"the {crop.region} crop has no unmasked T2 (written by pvsquant <= 0.1); re-run it")
+            where = crop.image.source.parent if crop.image.source is not None else "this run"
+            raise InputImageError(f"{where}: the {crop.region} crop has no unmasked T2 ({crop.region}_t2.nii.gz; "
+                                  "runs of pvsquant 0.1 lack it); re-run pvsquant run for this subject")
         image = crop.t2.array[box]
         frangi = count_frangi(image, region, spacing_mm, FrangiSettings(fill_outside=False))
         stacked = np.stack([image, frangi.vesselness, region])
@@ -195,15 +198,16 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
 
 def model_channels(models: dict[tuple[str, str], Any], region: str) -> int:
     """Input channels of a region's networks (they must agree)."""
-    found = {m.encoder.channels[0] - m.encoder.width for (r, _), m in models.items() if r == region}
+    found = {m.encoder.in_channels for (r, _), m in models.items() if r == region}
     if len(found) > 1:
-        raise ValueError(f"the {region} networks take different inputs ({sorted(found)} channels); "
-                         "use weights of one pvsquant version")
+        raise InputImageError(f"the {region} networks take different inputs ({sorted(found)} channels); "
+                              "use weights of one pvsquant version")
     return found.pop() if found else 3
 
 
 def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_mm: tuple[float, float, float],
-                 level: float = 1.5e-3, min_mass: float = 0.15) -> RegionCounts:
+                 level: float = Settings.detection_level, min_mass: float = Settings.detection_min_mass
+                 ) -> RegionCounts:
     """Counts of one region by every model, the attention map and the detected PVS."""
     import torch
 

@@ -219,7 +219,7 @@ def save_weights(model: Any, region: str, name: str, path: Path, evaluation: dic
     import torch
 
     width = model.encoder.level1[0][0].out_channels
-    in_channels = model.encoder.level1[0][0].in_channels
+    in_channels = model.encoder.in_channels
     torch.save({"model": name, "region": region, "width": width, "in_channels": in_channels,
                 "state_dict": model.state_dict(), "finetuned": evaluation}, path)
 

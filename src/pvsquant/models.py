@@ -38,7 +38,7 @@ class Encoder(nn.Module):
         self.level1 = nn.Sequential(_conv(in_channels, width), _conv(width, width))
         self.level2 = nn.Sequential(_conv(width + in_channels, 2 * width), _conv(2 * width, 2 * width))
         self.channels = (width + in_channels, 2 * width + in_channels)
-        self.width = width
+        self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f1 = torch.cat([self.level1(x), x], dim=1)
@@ -86,9 +86,9 @@ class GPUnet(nn.Module):
         The map is gated: ``gate(segment . f) * (output . f)``, the probability that a voxel
         lies on a PVS (a second linear read-out of the last features ``f``, trained voxel-wise),
         cut to zero below 0.5 (:func:`gate`), times the output layer's PVS mass per voxel. Where
-        no PVS is, the gate is 0, so the map
-        cannot trace tissue borders with positive values offset by negative ones elsewhere (the
-        purely linear map of pvsquant 0.1 did), and the count and the detections agree."""
+        no PVS is, the gate is 0, so the map cannot trace tissue borders with positive values
+        offset by negative ones elsewhere (the purely linear map of pvsquant 0.1 did), and the
+        count and the detections agree."""
         f1, f2, _ = self.encoder(x)
         f3 = self.level3(F.max_pool3d(f2, 2))
         u2 = self.up2(torch.cat([F.interpolate(f3, size=f2.shape[2:], mode="trilinear", align_corners=False), f2], 1))
@@ -114,7 +114,8 @@ def head_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torc
     ``count = head_features @ [w, b]`` with ``[w, b]`` the output layer (:func:`get_head`).
 
     Both networks are linear in their output layer after the sum pooling (the GP-Unet's gate
-    weighs the pooling and is kept fixed), so a count is a linear function of these pooled features: fine-tuning that layer on image-level counts is a
+    weighs the pooling and is kept fixed), so a count is a linear function of these pooled
+    features: fine-tuning that layer on image-level counts is a
     (regularised) linear regression on them.
     """
     if isinstance(model, GPUnet):
