@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--density-weight", type=float, default=1e5, help="GP-Unet: weight of the density loss")
+    train.add_argument("--count-weight", type=float, default=1e-4,
+                       help="GP-Unet: weight of the image-level count loss (the paper's only loss)")
     train.add_argument("--init", type=Path, help="start from these weights (e.g. a GP-Unet for a CNN)")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (a checkpoint is kept)")
     train.add_argument("--seed", type=int, default=0)
@@ -134,7 +136,8 @@ def train_command(args: argparse.Namespace) -> int:
         generate_dataset(maps[len(maps) - args.val_maps:], region, args.val_samples, cache / "val",
                          seed=args.seed + 1000, workers=args.threads, shard_size=25)
     settings = TrainSettings(region=args.region, model=args.model, steps=args.steps, batch_size=args.batch_size,
-                             learning_rate=args.lr, density_weight=args.density_weight, seed=args.seed,
+                             learning_rate=args.lr, density_weight=args.density_weight,
+                             count_weight=args.count_weight, seed=args.seed,
                              threads=args.threads, max_minutes=args.minutes,
                              init=str(args.init) if args.init else None)
     result = train(settings, cache / "train", args.out, val_dir=cache / "val", device=args.device)
