@@ -38,14 +38,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from pvsquant.cohort import injection_landmarks, inject_pvs
-from pvsquant.counting import count_region, load_models
-from pvsquant.figures import plot_attention
-from pvsquant.pipeline import StageTimer, prepare_subject
-from pvsquant.roi import crop_regions
-from pvsquant.types import REGION_CODES, Settings, SubjectInputs, Volume
 from scipy import ndimage
+
+from pvsquant.demo import inject_pvs, injection_landmarks
+from pvsquant.pipeline.counting import count_region, load_models
+from pvsquant.pipeline.roi import crop_regions
+from pvsquant.pipeline.run import StageTimer, prepare_subject
+from pvsquant.reporting.figures import plot_attention
+from pvsquant.types import REGION_CODES, Settings, SubjectInputs, Volume
 
 HERE = Path(__file__).resolve().parent
 RAW = HERE.parents[1] / "shared" / "data" / "open_ms_data" / "longitudinal" / "raw"
@@ -172,8 +172,8 @@ def main() -> None:
                         keep = np.linalg.norm(new[:, None] - old[None], axis=-1).min(axis=1) > MATCH_MM
                         new = new[keep]
                     hits = match(new, centres[region])
-                    rows.append({"scan": scan, "region": region, "n": int(len(centres[region])), "level": n,
-                                 "repeat": rep, "new_detections": int(len(new)), "matched": hits,
+                    rows.append({"scan": scan, "region": region, "n": len(centres[region]), "level": n,
+                                 "repeat": rep, "new_detections": len(new), "matched": hits,
                                  **{f"delta_{m}": res[region].counts[m] - clean[region].counts[m]
                                     for m in ("gpunet", "cnn", "frangi")}})
                 print(f"[{time.perf_counter() - start:6.0f} s] {scan} N={n} rep {rep}: " + ", ".join(
@@ -211,14 +211,24 @@ def main() -> None:
     if {"patient01_study1", "patient01_study2"} <= set(clean_counts):
         a, b = clean_counts["patient01_study1"], clean_counts["patient01_study2"]
         for region in a:
-            rescan[region] = {m: round(abs(a[region][m] - b[region][m]) / max((a[region][m] + b[region][m]) / 2, 1e-6), 3)
-                              for m in ("gpunet", "cnn", "frangi")}
+            rescan[region] = {
+                m: round(abs(a[region][m] - b[region][m]) / max((a[region][m] + b[region][m]) / 2, 1e-6), 3)
+                for m in ("gpunet", "cnn", "frangi")
+            }
     network_s = {m: round(float(np.mean([t[m] for t in timings])), 3) for m in ("gpunet", "cnn", "frangi")}
     network_max = {m: round(float(np.max([t[m] for t in timings])), 3) for m in ("gpunet", "cnn", "frangi")}
-    result = {"summary": summary, "clean_counts": clean_counts, "clean_placement": clean_placement,
-              "scan_rescan": rescan, "seconds_per_region_mean": network_s,
-              "seconds_per_region_max": network_max, "rows": rows, "levels": args.levels, "repeats": args.repeats,
-              "total_seconds": round(time.perf_counter() - start, 1)}
+    result = {
+        "summary": summary,
+        "clean_counts": clean_counts,
+        "clean_placement": clean_placement,
+        "scan_rescan": rescan,
+        "seconds_per_region_mean": network_s,
+        "seconds_per_region_max": network_max,
+        "rows": rows,
+        "levels": args.levels,
+        "repeats": args.repeats,
+        "total_seconds": round(time.perf_counter() - start, 1),
+    }
     (HERE / "results_counting.json").write_text(json.dumps(result, indent=1))
     write_markdown(result)
     plot_injection(rows)
@@ -230,40 +240,71 @@ def write_markdown(result: dict) -> None:
     sys.path.insert(0, str(HERE))
     from pipeline import machine  # type: ignore[import-not-found]  # benchmarks/pipeline.py
 
-    lines = ["# Counting benchmark: synthetic PVS injected into real clinical scans", "",
-             f"Machine: {machine()}. Command: `python benchmarks/counting.py` "
-             f"(levels {result['levels']}, {result['repeats']} repeats; {result['total_seconds']:.0f} s in all).", "",
-             f"Per region, N PVS injected into each of {len(result['clean_counts'])} real T2 scans (open_ms_data, MS patients, 3.3-4 mm slices). "
-             "r, slope and MAE compare N with the increase of the count over the clean scan. "
-             "Recall and precision: GP-Unet detections new in the injected scan, within 2.5 mm of an injected centre.",
-             "", "| region | model | Pearson r | slope | MAE | GP-Unet recall | GP-Unet precision |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Counting benchmark: synthetic PVS injected into real clinical scans",
+        "",
+        f"Machine: {machine()}. Command: `python benchmarks/counting.py` "
+        f"(levels {result['levels']}, {result['repeats']} repeats; {result['total_seconds']:.0f} s in all).",
+        "",
+        f"Per region, N PVS injected into each of {len(result['clean_counts'])} real T2 scans "
+        "(open_ms_data, MS patients, 3.3-4 mm slices). "
+        "r, slope and MAE compare N with the increase of the count over the clean scan. "
+        "Recall and precision: GP-Unet detections new in the injected scan, within 2.5 mm of an injected centre.",
+        "",
+        "| region | model | Pearson r | slope | MAE | GP-Unet recall | GP-Unet precision |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for region, s in result["summary"].items():
         for m in ("gpunet", "cnn", "frangi"):
             det = s["gpunet_detection"] if m == "gpunet" else {"recall": "", "precision": ""}
-            lines.append(f"| {region} | {m} | {s[m]['pearson_r']} | {s[m]['slope']} | {s[m]['mae']} | "
-                         f"{det['recall']} | {det['precision']} |")
-    lines += ["", f"Placement of the GP-Unet detections on the clean scans (all {len(result['clean_counts'])} scans pooled): "
-              f"outside = fraction of detections outside the region; edge enrichment = fraction within {EDGE_MM} mm "
-              "of the region's edge / fraction of the region's volume there (1 = chance).", "",
-              "| region | detections | outside | edge enrichment | region volume near the edge |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {region} | {m} | {s[m]['pearson_r']} | {s[m]['slope']} | {s[m]['mae']} | "
+                f"{det['recall']} | {det['precision']} |"
+            )
+    lines += [
+        "",
+        f"Placement of the GP-Unet detections on the clean scans (all {len(result['clean_counts'])} scans pooled): "
+        f"outside = fraction of detections outside the region; edge enrichment = fraction within {EDGE_MM} mm "
+        "of the region's edge / fraction of the region's volume there (1 = chance).",
+        "",
+        "| region | detections | outside | edge enrichment | region volume near the edge |",
+        "|---|---|---|---|---|",
+    ]
     for region, s in result["summary"].items():
         p = s["placement"]
-        lines.append(f"| {region} | {p['detections']} | {p['outside_fraction']} | {p['edge_enrichment']} | "
-                     f"{p['edge_volume_fraction']} |")
+        lines.append(
+            f"| {region} | {p['detections']} | {p['outside_fraction']} | {p['edge_enrichment']} | "
+            f"{p['edge_volume_fraction']} |"
+        )
     if result["scan_rescan"]:
-        lines += ["", "Scan-rescan, patient01 study1 vs study2 (two protocols): |difference| / mean of the clean counts.",
-                  "", "| region | gpunet | cnn | frangi |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Scan-rescan, patient01 study1 vs study2 (two protocols): |difference| / mean of the clean counts.",
+            "",
+            "| region | gpunet | cnn | frangi |",
+            "|---|---|---|---|",
+        ]
         for region, d in result["scan_rescan"].items():
             lines.append(f"| {region} | {d['gpunet']:.0%} | {d['cnn']:.0%} | {d['frangi']:.0%} |")
-    lines += ["", "Absolute counts on the clean scans:", "", "| scan | region | gpunet | cnn | frangi |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Absolute counts on the clean scans:",
+        "",
+        "| scan | region | gpunet | cnn | frangi |",
+        "|---|---|---|---|---|",
+    ]
     for scan, per in result["clean_counts"].items():
         for region, c in per.items():
             lines.append(f"| {scan} | {region} | {c['gpunet']:.1f} | {c['cnn']:.1f} | {c['frangi']:.0f} |")
-    lines += ["", "Inference time per region (s, mean / max over regions and scans): " + ", ".join(
-        f"{m} {result['seconds_per_region_mean'][m]} / {result['seconds_per_region_max'][m]}"
-        for m in ("gpunet", "cnn", "frangi")), ""]
+    lines += [
+        "",
+        "Inference time per region (s, mean / max over regions and scans): "
+        + ", ".join(
+            f"{m} {result['seconds_per_region_mean'][m]} / {result['seconds_per_region_max'][m]}"
+            for m in ("gpunet", "cnn", "frangi")
+        ),
+        "",
+    ]
     (HERE / "results_counting.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -276,12 +317,17 @@ def plot_injection(rows: list[dict]) -> None:
 
     regions = [r for r in REGION_CODES if any(row["region"] == r for row in rows)]
     fig, axes = plt.subplots(1, len(regions), figsize=(4 * len(regions), 3.8), squeeze=False)
-    for ax, region in zip(axes[0], regions):
+    for ax, region in zip(axes[0], regions, strict=False):
         sub = [r for r in rows if r["region"] == region]
         n = np.array([r["n"] for r in sub])
         for m, colour in (("gpunet", "tab:red"), ("cnn", "tab:blue"), ("frangi", "tab:gray")):
-            ax.scatter(n + {"gpunet": -0.6, "cnn": 0.0, "frangi": 0.6}[m], [r[f"delta_{m}"] for r in sub], s=12,
-                       color=colour, label=m)
+            ax.scatter(
+                n + {"gpunet": -0.6, "cnn": 0.0, "frangi": 0.6}[m],
+                [r[f"delta_{m}"] for r in sub],
+                s=12,
+                color=colour,
+                label=m,
+            )
         top = max(n.max(), 1)
         ax.plot([0, top], [0, top], "k--", lw=0.8)
         ax.set_title(region.replace("_", " "))

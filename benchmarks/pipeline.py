@@ -26,7 +26,7 @@ import numpy as np
 
 from pvsquant.cli import example_inputs
 from pvsquant.io import load_volume
-from pvsquant.registration import register_t1_to_t2, rigid_from_parameters, transform_error
+from pvsquant.pipeline.registration import register_t1_to_t2, rigid_from_parameters, transform_error
 from pvsquant.types import Volume
 
 HERE = Path(__file__).resolve().parent
@@ -86,7 +86,7 @@ def main() -> None:
 
     t1, t2 = load_volume(inputs.t1, "T1"), load_volume(inputs.t2, "T2")
     centre = t2.affine[:3, :3] @ ((np.asarray(t2.shape) - 1) / 2) + t2.affine[:3, 3]
-    box = np.array([centre + [x, y, z] for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
+    box = np.array([[*centre, x, y, z] for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
     tic = time.perf_counter()
     reference = register_t1_to_t2(t1, t2)
     reg_time = time.perf_counter() - tic
@@ -98,7 +98,7 @@ def main() -> None:
         # ITK: FLAIR point -> T1 point and FLAIR point -> T2 point (LPS); so T2 -> T1 = A B^-1.
         t2_to_t1_ref = LPS @ read_itk_affine(t1_ref) @ np.linalg.inv(read_itk_affine(t2_ref)) @ LPS
         d, a = transform_error(reference.t2_to_t1, t2_to_t1_ref, box)
-        d_hdr, a_hdr = transform_error(np.eye(4), t2_to_t1_ref, box)
+        d_hdr, _a_hdr = transform_error(np.eye(4), t2_to_t1_ref, box)
         grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 9)] * 3, indexing="ij"), -1).reshape(-1, 3)
         pts = centre + grid * [60, 75, 50]
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pvsquant import anatomy as an
 from pvsquant.grids import resample_labels
 from pvsquant.io import load_volume
-from pvsquant.synthesis import acquire, clinical_grid, paint_t1
+from pvsquant.learning.synthesis import acquire, clinical_grid, paint_t1
+from pvsquant.pipeline import anatomy as an
 from pvsquant.types import Settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "SynthSeg" / "data" / "training_label_maps"

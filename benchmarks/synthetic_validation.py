@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pvsquant.counting import load_models
-from pvsquant.frangi import FrangiSettings, count_frangi
-from pvsquant.training import evaluate, load_shards
+from pvsquant.learning.training import evaluate, load_shards
+from pvsquant.pipeline.counting import load_models
+from pvsquant.pipeline.frangi import FrangiSettings, count_frangi
 from pvsquant.types import REGION_CODES
 
 HERE = Path(__file__).resolve().parent
@@ -24,19 +24,31 @@ HERE = Path(__file__).resolve().parent
 
 def main(val_dir: str) -> None:
     models = load_models()
-    lines = ["# Synthetic validation: patch counts on held-out label maps", "",
-             "Command: `python benchmarks/synthetic_validation.py CACHE/val` (cache of `pvsquant train`).", "",
-             "| region | patches | model | Pearson r | MAE | mean count on empty patches |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Synthetic validation: patch counts on held-out label maps",
+        "",
+        "Command: `python benchmarks/synthetic_validation.py CACHE/val` (cache of `pvsquant train`).",
+        "",
+        "| region | patches | model | Pearson r | MAE | mean count on empty patches |",
+        "|---|---|---|---|---|---|",
+    ]
     for region in REGION_CODES:
         data = load_shards(val_dir, [region])
         truth = data["count"].astype(float)
         for name in ("gpunet", "cnn"):
             res = evaluate(models[(region, name)], data)
-            lines.append(f"| {region} | {res['n']} | {name} | {res['pearson_r']:.3f} | {res['mae']:.2f} | "
-                         f"{res['mean_pred_when_empty']} ({int((truth == 0).sum())}) |")
+            lines.append(
+                f"| {region} | {res['n']} | {name} | {res['pearson_r']:.3f} | {res['mae']:.2f} | "
+                f"{res['mean_pred_when_empty']} ({int((truth == 0).sum())}) |"
+            )
         unmasked = FrangiSettings(fill_outside=False)  # the cached patches are the unmasked network input
-        frangi = np.array([count_frangi(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8), unmasked).count
-                           for i, m in zip(data["image"], data["mask"])], float)
+        frangi = np.array(
+            [
+                count_frangi(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8), unmasked).count
+                for i, m in zip(data["image"], data["mask"], strict=False)
+            ],
+            float,
+        )
         r = float(np.corrcoef(frangi, truth)[0, 1])
         empty = round(float(frangi[truth == 0].mean()), 3) if np.any(truth == 0) else None
         lines.append(f"| {region} | {len(truth)} | frangi | {r:.3f} | {np.abs(frangi - truth).mean():.2f} | {empty} |")

@@ -6,9 +6,11 @@
        python -m venv samseg-env && samseg-env/bin/pip install samseg
        samseg-env/bin/run_samseg -i mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz -o samseg_mni --threads 2
 2. Run this script to turn SAMSEG's few WM-hypointensity voxels into white matter, split the
-   midbrain (173) off the brainstem (16) and write template_T1w.nii.gz + template_labels.nii.gz (both on the template grid):
+   midbrain (173) off the brainstem (16) and write template_T1w.nii.gz + template_labels.nii.gz
+   (both on the template grid):
        python scripts/make_atlas.py --template mni_..._brain.nii.gz --samseg samseg_mni/seg.mgz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +19,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pvsquant.anatomy import split_midbrain
 from pvsquant.grids import resample_labels
+from pvsquant.pipeline.anatomy import split_midbrain
 from pvsquant.types import Settings, Volume
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "pvsquant" / "data" / "atlas"
@@ -51,7 +53,7 @@ def main() -> None:
     nib.save(nib.Nifti1Image(t1, template.affine), str(args.out / "template_T1w.nii.gz"))
     nib.save(nib.Nifti1Image(labels.array.astype(np.uint16), template.affine), str(args.out / "template_labels.nii.gz"))
     codes, counts = np.unique(labels.array, return_counts=True)
-    for c, n in zip(codes, counts):
+    for c, n in zip(codes, counts, strict=False):
         print(f"code {c:4d}: {n / 1000:8.1f} ml")
 
 

@@ -11,7 +11,6 @@ A run on ``--region all`` gives the same weights to every region.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def plot_curves(logs: list[tuple[str, dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 3.6), squeeze=False)
-    for ax, (name, log) in zip(axes[0], logs):
+    for ax, (name, log) in zip(axes[0], logs, strict=False):
         steps = [h["step"] for h in log["history"]]
         for key in ("loss", "density", "segment", "count"):
             values = [h.get(key) for h in log["history"]]
@@ -75,14 +74,20 @@ def main(run_dirs: list[str]) -> None:
         rows.append(f"| {names} "
                     f"| {init} | {log['steps_done']} | {log['train_seconds'] / 60:.1f} | "
                     f"{v.get('pearson_r')} | {v.get('mae')} | {v.get('mean_pred_when_empty')} |")
-        commands.append(f"pvsquant train --region {s['region']} --model {s['model']} --steps {s['steps']} "
-                        f"--samples {log['samples'] // len(targets)} --lr {s['learning_rate']} --seed {s['seed']}"
-                        + (f" --init RUNS/{Path(s['init']).parent.name}/{Path(s['init']).name}" if s.get("init") else "")
-                        + f" --out RUNS/{run.name} --cache CACHE")
+        commands.append(
+            f"pvsquant train --region {s['region']} --model {s['model']} --steps {s['steps']} "
+            f"--samples {log['samples'] // len(targets)} --lr {s['learning_rate']} --seed {s['seed']}"
+            + (f" --init RUNS/{Path(s['init']).parent.name}/{Path(s['init']).name}" if s.get("init") else "")
+            + f" --out RUNS/{run.name} --cache CACHE"
+        )
     plot_curves(logs, DEST / "training_curves.png")
     total = sum(log["train_seconds"] for _, log in logs)
-    text = HEADER_FILE.read_text().format(regions=", ".join(REGION_CODES), commands="\n".join(commands),
-                                          runs="\n".join(rows), total_minutes=f"{total / 60:.0f}")
+    text = HEADER_FILE.read_text().format(
+        regions=", ".join(REGION_CODES),
+        commands="\n".join(commands),
+        runs="\n".join(rows),
+        total_minutes=f"{total / 60:.0f}",
+    )
     (DEST / "MODEL_CARD.md").write_text(text)
     print(text)
 

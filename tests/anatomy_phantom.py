@@ -46,7 +46,7 @@ def label_phantom(affine: np.ndarray | None = None, world_to_phantom: np.ndarray
 
 
 def anatomy_phantom(superior=(0.0, 0.0, 1.0), **kwargs) -> Anatomy:
-    from pvsquant.anatomy import split_midbrain, standardise_labels
+    from pvsquant.pipeline.anatomy import split_midbrain, standardise_labels
 
     vol = label_phantom(**kwargs)
     vol = vol.with_array(standardise_labels(vol.array))

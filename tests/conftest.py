@@ -96,3 +96,21 @@ def write_phantom_case(folder: Path, shape=(90, 110, 48), spacing=(2.0, 2.0, 4.0
     labels = label_phantom()
     return (save_nifti(folder / "t1.nii.gz", t1, aff), save_nifti(folder / "t2.nii.gz", t2, aff),
             save_nifti(folder / "aseg.nii.gz", labels.array, labels.affine))
+
+
+@pytest.fixture(scope="session")
+def phantom_case(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """One phantom subject's inputs (T1, T2, aseg labels), written once per test session."""
+    return write_phantom_case(tmp_path_factory.mktemp("phantom_case"))
+
+
+@pytest.fixture(scope="session")
+def phantom_run(phantom_case, tmp_path_factory):
+    """The whole pipeline run once per test session on the phantom subject (its labels, no atlas):
+    ``(output folder, SubjectResult)``. Tests read it; a test that changes a file restores it."""
+    from pvsquant.pipeline.run import run_subject
+    from pvsquant.types import SubjectInputs
+
+    t1, t2, aseg = phantom_case
+    out = tmp_path_factory.mktemp("phantom_run") / "sub-07"
+    return out, run_subject(SubjectInputs(t1, t2, labels=aseg, subject_id="sub-07"), out)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pvsquant import anatomy as an
 from pvsquant.errors import InputImageError
+from pvsquant.pipeline import anatomy as an
 from pvsquant.types import Settings, Volume
 
 from .anatomy_phantom import label_phantom
@@ -42,7 +42,7 @@ def _centre(shape):
 
 def test_user_labels_must_be_aseg_coded():
     lab = Volume(np.full((20, 20, 20), 7, np.int32), np.eye(4))
-    with pytest.raises(InputImageError, match="lacks white matter"):
+    with pytest.raises(InputImageError, match=r"lacks white matter"):
         an.labels_from_file(lab, Volume(np.ones((20, 20, 20), np.float32), np.eye(4)), Settings())
 
 

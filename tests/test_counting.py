@@ -7,12 +7,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pvsquant.counting import MODELS, RegionCounts, count_region, detect_pvs, save_count_outputs
 from pvsquant.grids import voxel_indices
+from pvsquant.labels import METHODS as MODELS
+from pvsquant.learning.synthesis import Tube
+from pvsquant.learning.trainingdata import density_map, line_density
 from pvsquant.models import build_model
-from pvsquant.roi import count_mask
-from pvsquant.synthesis import Tube
-from pvsquant.trainingdata import density_map, line_density
+from pvsquant.pipeline.counting import RegionCounts, count_region, detect_pvs, save_count_outputs
+from pvsquant.pipeline.roi import count_mask
 from pvsquant.types import REGION_CODES, RegionCrop, Volume
 
 SPACING = (0.5, 0.5, 0.8)
@@ -25,7 +26,7 @@ def blobs(centres, shape=(60, 60, 30)):
 def test_detect_pvs_finds_each_pvs_once():
     centres = [[10, 10, 10], [30, 40, 15], [45, 20, 20]]
     attention = blobs(centres)
-    affine = np.diag(list(SPACING) + [1.0])
+    affine = np.diag([*list(SPACING), 1.0])
     long_pvs = Tube(np.array([10.0, 25.0, 12.0]), np.array([0.0, 0.0, 1.0]), 16.0, 1.5)
     attention += line_density([long_pvs], affine, attention.shape)  # a 16 mm PVS along z
     counting = np.ones(attention.shape, bool)
@@ -33,7 +34,7 @@ def test_detect_pvs_finds_each_pvs_once():
     assert len(found) == 4 and labels.max() == 4
     assert {tuple(c) for c in centres} <= {p for p, _, _, _ in found}
     assert all(mass == pytest.approx(1.0, abs=0.15) for *_, mass in found)
-    line = [f for f in found if f[0] not in {tuple(c) for c in centres}][0]
+    line = next(f for f in found if f[0] not in {tuple(c) for c in centres})
     assert line[2] > 40  # the long PVS is one component along its length
     # Outside the counting mask nothing is detected; a faint blob (a tenth of a PVS, below min_mass 0.15) is not a PVS.
     counting[:25] = False
@@ -60,7 +61,7 @@ def test_count_region_runs_every_model():
     assert res.attention.shape == (40, 40, 24)
     counting = count_mask(_crop().region_mask.array, SPACING)  # the region grown by 1 mm
     assert res.counts["gpunet"] == pytest.approx(float(res.attention.array[counting].sum()), rel=1e-4)
-    with pytest.raises(KeyError, match="no cnn weights"):
+    with pytest.raises(KeyError, match=r"no cnn weights"):
         count_region(_crop(), {("basal_ganglia", "gpunet"): models[("basal_ganglia", "gpunet")]}, SPACING)
 
 
@@ -68,8 +69,8 @@ def test_outputs_have_stable_names_and_world_coordinates(tmp_path):
     crop = _crop()
     attention = blobs([[20, 20, 12], [12, 28, 9]], shape=crop.box_shape)
     labels, found = detect_pvs(attention, crop.region_mask.array)
-    from pvsquant.counting import Detection
     from pvsquant.grids import world_coordinates
+    from pvsquant.pipeline.counting import Detection
 
     dets = [Detection("basal_ganglia", tuple(world_coordinates(crop.image.affine, np.array([p]))[0]), pk, n)
             for p, pk, n, _ in found]

@@ -11,9 +11,9 @@ import pytest
 from scipy import stats as sps
 
 from pvsquant.cli import main
+from pvsquant.cohort.evaluate import CORRELATION_COLUMNS, WILLIAMS_COLUMNS, evaluate_cohort, read_scores
+from pvsquant.cohort.stats import williams_test
 from pvsquant.errors import InputTableError
-from pvsquant.evaluate import CORRELATION_COLUMNS, WILLIAMS_COLUMNS, evaluate_cohort, read_scores
-from pvsquant.stats import williams_test
 
 from .browser import not_blank, rendered_dom, screenshot
 

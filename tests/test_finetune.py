@@ -7,11 +7,18 @@ import pytest
 import torch
 
 from pvsquant.cli import main
-from pvsquant.counting import count_region, load_models
-from pvsquant.finetune import FinetuneSettings, feature_scale, finetune_cohort, fold_of, loo_error, ridge_towards
+from pvsquant.learning.finetune import (
+    FinetuneSettings,
+    feature_scale,
+    finetune_cohort,
+    fold_of,
+    loo_error,
+    ridge_towards,
+)
+from pvsquant.learning.synthesis import Tube, tube_occupancy
 from pvsquant.models import build_model, get_head, head_features, set_head
-from pvsquant.roi import load_crop, save_crop, scale_to_region
-from pvsquant.synthesis import Tube, tube_occupancy
+from pvsquant.pipeline.counting import count_region, load_models
+from pvsquant.pipeline.roi import load_crop, save_crop, scale_to_region
 from pvsquant.types import RegionCrop, Volume
 
 SPACING = (0.5, 0.5, 0.8)
@@ -53,7 +60,7 @@ def test_folds_are_balanced_and_leave_one_out_when_small():
 
 def synthetic_crop(n_pvs: int, rng: np.random.Generator, shape=(48, 48, 28)) -> RegionCrop:
     """A basal-ganglia-like crop: textured tissue with ``n_pvs`` bright 1.5 mm tubes inside the region."""
-    affine = np.diag(list(SPACING) + [1.0])
+    affine = np.diag([*list(SPACING), 1.0])
     region = np.zeros(shape, bool)
     region[8:40, 8:40, 5:23] = True
     image = (0.3 + 0.03 * rng.normal(size=shape)).astype(np.float32)

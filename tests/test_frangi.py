@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pvsquant.frangi import FrangiResult, FrangiSettings, count_frangi, vesselness
+from pvsquant.pipeline.frangi import FrangiResult, FrangiSettings, count_frangi, vesselness
 
 SPACING = (0.5, 0.5, 0.8)
 EXTENT_MM = (40.0, 40.0, 25.0)
@@ -18,8 +18,8 @@ K = 6
 
 def _grid_mm(spacing=SPACING, extent_mm=EXTENT_MM) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape of the volume and the (X, Y, Z, 3) mm coordinates of its voxel centres (index * spacing)."""
-    shape = tuple(round(e / s) for e, s in zip(extent_mm, spacing))
-    axes = [np.arange(n) * s for n, s in zip(shape, spacing)]
+    shape = tuple(round(e / s) for e, s in zip(extent_mm, spacing, strict=False))
+    axes = [np.arange(n) * s for n, s in zip(shape, spacing, strict=False)]
     return shape, np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # type: ignore[return-value]
 
 
@@ -172,7 +172,7 @@ def test_labels_and_maps():
     assert result.labels.dtype == np.int32 and result.labels.shape == image.shape
     assert set(np.unique(result.labels)) == set(range(result.count + 1))
     assert result.vesselness.dtype == np.float32 and result.vesselness.shape == image.shape
-    assert 0.0 <= float(result.vesselness.min()) and float(result.vesselness.max()) < 1.0
+    assert float(result.vesselness.min()) >= 0.0 and float(result.vesselness.max()) < 1.0
     # every counted component lies where the vesselness passes the threshold
     assert float(result.vesselness[result.labels > 0].min()) >= FrangiSettings().threshold
 
@@ -253,7 +253,7 @@ def test_vesselness_agrees_with_skimage_frangi():
 
 def test_shape_mismatch_raises():
     image = np.zeros((20, 20, 10), np.float32)
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"same shape"):
         count_frangi(image, np.ones((20, 20, 11), np.float32), SPACING)
 
 
@@ -269,9 +269,9 @@ def test_bad_input_raises(image, spacing):
 
 
 def test_bad_settings_raise():
-    with pytest.raises(ValueError, match="sigmas_mm"):
+    with pytest.raises(ValueError, match=r"sigmas_mm"):
         FrangiSettings(sigmas_mm=())
-    with pytest.raises(ValueError, match="min_size_mm3"):
+    with pytest.raises(ValueError, match=r"min_size_mm3"):
         replace(FrangiSettings(), min_size_mm3=10.0, max_size_mm3=5.0)
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pvsquant.grids import ball, reslice_affine, resample, resample_labels, voxel_indices, world_coordinates
+from pvsquant.grids import ball, resample, resample_labels, reslice_affine, voxel_indices, world_coordinates
 from pvsquant.types import Volume
 
 from .conftest import oblique_affine

@@ -23,7 +23,7 @@ def test_loads_volume_with_affine(phantom_files):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(InputFileNotFoundError, match="nope.nii.gz does not exist"):
+    with pytest.raises(InputFileNotFoundError, match=r"nope.nii.gz does not exist"):
         load_volume(tmp_path / "nope.nii.gz", "T1")
     assert issubclass(InputFileNotFoundError, FileNotFoundError)
 
@@ -38,7 +38,7 @@ def test_not_nifti_by_name(tmp_path):
 def test_not_nifti_content(tmp_path):
     p = tmp_path / "fake.nii"
     p.write_text("this is not an image\n" * 50)
-    with pytest.raises(InputImageError, match="fake.nii"):
+    with pytest.raises(InputImageError, match=r"fake.nii"):
         load_volume(p, "T2")
 
 
@@ -47,14 +47,14 @@ def test_truncated_gzip(tmp_path, phantom_files):
     data = t1_path.read_bytes()
     p = tmp_path / "cut.nii.gz"
     p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputImageError, match="cut.nii.gz .*(truncated|could not be read)"):
+    with pytest.raises(InputImageError, match=r"cut.nii.gz .*(truncated|could not be read)"):
         load_volume(p, "T1")
 
 
 def test_corrupt_gzip(tmp_path):
     p = tmp_path / "bad.nii.gz"
     p.write_bytes(gzip.compress(b"x" * 1000)[:20] + b"garbage" * 100)
-    with pytest.raises(InputImageError, match="bad.nii.gz"):
+    with pytest.raises(InputImageError, match=r"bad.nii.gz"):
         load_volume(p, "T1")
 
 
@@ -76,19 +76,19 @@ def test_nan_or_inf(tmp_path, value):
     t1, _ = head_phantom()
     t1[10, 10, 10] = value
     p = save_nifti(tmp_path / "nan.nii.gz", t1, oblique_affine())
-    with pytest.raises(InputImageError, match="nan.nii.gz contains 1 NaN or Inf"):
+    with pytest.raises(InputImageError, match=r"nan.nii.gz contains 1 NaN or Inf"):
         load_volume(p, "T1")
 
 
 def test_empty_image(tmp_path):
     p = save_nifti(tmp_path / "zeros.nii.gz", np.zeros((80, 96, 40), np.float32), oblique_affine())
-    with pytest.raises(InputImageError, match="zeros.nii.gz is empty"):
+    with pytest.raises(InputImageError, match=r"zeros.nii.gz is empty"):
         load_volume(p, "T1")
 
 
 def test_constant_image(tmp_path):
     p = save_nifti(tmp_path / "flat.nii.gz", np.full((80, 96, 40), 7, np.float32), oblique_affine())
-    with pytest.raises(InputImageError, match="flat.nii.gz is constant"):
+    with pytest.raises(InputImageError, match=r"flat.nii.gz is constant"):
         load_volume(p, "T1")
 
 
@@ -110,14 +110,14 @@ def _with_pixdim(tmp_path, name, pixdim):
 @pytest.mark.parametrize("pixdim", [(0.0, 1.0, 1.0), (-2.0, 2.0, 4.0), (1.0, 1.0, 12.0)])
 def test_absurd_voxel_size(tmp_path, pixdim):
     p = _with_pixdim(tmp_path, "vox.nii", pixdim)
-    with pytest.raises(InputImageError, match="vox.nii has voxel size"):
+    with pytest.raises(InputImageError, match=r"vox.nii has voxel size"):
         load_volume(p, "T1")
 
 
 def test_too_small_to_hold_a_brain(tmp_path):
     p = save_nifti(tmp_path / "tiny.nii.gz", np.random.default_rng(0).random((20, 20, 10)).astype(np.float32),
                    np.diag([1.0, 1.0, 1.0, 1.0]))
-    with pytest.raises(InputImageError, match="tiny.nii.gz covers only"):
+    with pytest.raises(InputImageError, match=r"tiny.nii.gz covers only"):
         load_volume(p, "T1")
 
 
@@ -125,7 +125,7 @@ def test_no_overlap_between_t1_and_t2(phantom_volumes):
     t1, t2 = phantom_volumes
     moved = np.array(t2.affine)
     moved[:3, 3] += [0, 0, 500]
-    with pytest.raises(InputPairError, match="do not overlap"):
+    with pytest.raises(InputPairError, match=r"do not overlap"):
         check_pair_overlap(t1, Volume(t2.array, moved))
     assert check_pair_overlap(t1, t2) == pytest.approx(1.0)
 
@@ -134,7 +134,7 @@ def test_label_map_must_hold_integers(tmp_path):
     lab = np.zeros((80, 96, 40), np.float32)
     lab[10:20, 10:20, 10:20] = 2.5
     p = save_nifti(tmp_path / "lab.nii.gz", lab, oblique_affine())
-    with pytest.raises(InputImageError, match="non-integer"):
+    with pytest.raises(InputImageError, match=r"non-integer"):
         load_volume(p, "label map", labels=True)
 
 
@@ -145,10 +145,9 @@ def test_errors_derive_from_pvserror():
 
 def test_atomic_output_dir_leaves_nothing_on_failure(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with atomic_output_dir(out) as tmp:
-            (tmp / "half.txt").write_text("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_output_dir(out) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("boom")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -157,9 +156,8 @@ def test_atomic_output_dir_refuses_existing_and_replaces_on_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
-        with atomic_output_dir(out):
-            pass
+    with pytest.raises(OutputExistsError, match=r"--overwrite"), atomic_output_dir(out):
+        pass
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]

@@ -82,7 +82,7 @@ def test_cnn_encoder_is_the_gpunet_encoder():
 
 
 def test_build_model_rejects_unknown_names():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match=r"unknown model"):
         build_model("resnet")
 
 

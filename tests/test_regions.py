@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pvsquant import anatomy as an
 from pvsquant.grids import world_coordinates
-from pvsquant.regions import make_regions, regions_on_grid
-from pvsquant.registration import rigid_from_parameters
+from pvsquant.pipeline import anatomy as an
+from pvsquant.pipeline.regions import make_regions, regions_on_grid
+from pvsquant.pipeline.registration import rigid_from_parameters
 from pvsquant.types import REGION_CODES, RigidTransform, Settings, Volume
 
 from .anatomy_phantom import SHAPE, anatomy_phantom

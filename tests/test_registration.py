@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pvsquant.registration import register_t1_to_t2, rigid_from_parameters, transform_error
+from pvsquant.pipeline.registration import register_t1_to_t2, rigid_from_parameters, transform_error
 from pvsquant.types import Settings, Volume
 
 BOX = np.array([[x, y, z] for x in (-50, 50) for y in (-60, 60) for z in (-40, 40)], dtype=float)

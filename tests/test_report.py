@@ -6,21 +6,15 @@ import re
 
 import pytest
 
-from pvsquant.pipeline import run_subject
-from pvsquant.report import build_report, potter_category, write_report
-from pvsquant.types import REGION_CODES, SubjectInputs
+from pvsquant.reporting.report import build_report, potter_category, write_report
+from pvsquant.types import REGION_CODES
 
 from .browser import not_blank, rendered_dom, screenshot
-from .conftest import write_phantom_case
 
 
 @pytest.fixture(scope="module")
-def run_output(tmp_path_factory):
-    d = tmp_path_factory.mktemp("report")
-    t1, t2, aseg = write_phantom_case(d)
-    inputs = SubjectInputs(t1, t2, labels=aseg, subject_id="sub-07")
-    run_subject(inputs, d / "sub-07")
-    return d / "sub-07"
+def run_output(phantom_run):
+    return phantom_run[0]
 
 
 @pytest.mark.parametrize("count, category", [(None, None), (0.0, 0), (0.4, 0), (0.6, 1), (10.0, 1), (10.4, 1),

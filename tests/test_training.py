@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from scipy import ndimage
 
-from pvsquant.trainingdata import density_map
-from pvsquant.training import TrainSettings, load_shards, train
+from pvsquant.learning.training import TrainSettings, load_shards, train
+from pvsquant.learning.trainingdata import density_map
 
 
 @pytest.fixture(scope="module")
@@ -69,5 +68,5 @@ def test_training_resumes_from_its_checkpoint_and_cnn_starts_from_gpunet(cache, 
 
 
 def test_load_shards_names_the_missing_region(cache):
-    with pytest.raises(FileNotFoundError, match="hippocampi"):
+    with pytest.raises(FileNotFoundError, match=r"hippocampi"):
         load_shards(cache, ["hippocampi"])

@@ -4,18 +4,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pvsquant.anatomy import standardise_labels
-from pvsquant.regions import make_regions
-from pvsquant.synthesis import Tube, blob_occupancy, tube_occupancy
-from pvsquant.trainingdata import (PVS_SHAPES, AnatomyMap, density_map, line_density, make_sample, pvs_tubes,
-                                   sample_rng, spaced_points)
+from pvsquant.learning.synthesis import Tube, blob_occupancy, tube_occupancy
+from pvsquant.learning.trainingdata import (
+    PVS_SHAPES,
+    AnatomyMap,
+    density_map,
+    line_density,
+    make_sample,
+    pvs_tubes,
+    sample_rng,
+    spaced_points,
+)
+from pvsquant.pipeline.anatomy import standardise_labels
+from pvsquant.pipeline.regions import make_regions
 from pvsquant.types import REGION_CODES, RigidTransform
 
 from .anatomy_phantom import anatomy_phantom
 
 
 def grid(spacing, shape):
-    affine = np.diag(list(spacing) + [1.0])
+    affine = np.diag([*list(spacing), 1.0])
     affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * np.asarray(spacing)
     return affine
 
@@ -99,7 +107,7 @@ def test_pvs_shapes_in_range(phantom_map, region):
 def test_sample_holds_the_pvs_its_label_says(phantom_map):
     s = make_sample(phantom_map, "basal_ganglia", sample_rng(0, "basal_ganglia", 3), density_per_ml=3.0)
     assert s.image.shape == s.density.shape == s.region_mask.shape == (64, 64, 40)
-    assert 0.0 <= s.image.min() and s.image.max() <= 1.0
+    assert s.image.min() >= 0.0 and s.image.max() <= 1.0
     assert s.count == len(s.centres_vox) and s.count >= 5
     # The density counts every rendered PVS by the fraction of its axis inside the region (and patch).
     assert 0.5 * s.count <= s.density.sum() <= s.meta["n_rendered"] + 1e-3

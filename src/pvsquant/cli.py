@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputFileNotFoundError, OutputExistsError, PvsError
-from .types import REGION_CODES, Settings, SubjectInputs
+from .labels import METHODS, REGION_CODES
+from .types import Settings, SubjectInputs
 
 log = logging.getLogger("pvsquant")
 
@@ -30,12 +32,28 @@ def _is_demo_output(path: Path) -> bool:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--segmenter", choices=["atlas", "samseg"], default="atlas",
+    p.add_argument("--settings", type=Path, metavar="FILE",
+                   help="settings.json of an earlier run (or a JSON object with the settings to change): "
+                        "reproduces that run; the options below override it")
+    p.add_argument("--segmenter", choices=["atlas", "samseg"],
                    help="how to label the T1: shipped atlas registered with ANTs (default, ~1 min) or "
                         "FreeSurfer's SAMSEG (external run_samseg, ~5 min)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--threads", type=int, help="CPU threads (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The run's Settings: ``--settings FILE`` (or the defaults), then the options given on the command line."""
+    settings = Settings.from_json(args.settings) if args.settings else Settings()
+    changes: dict[str, object] = {}
+    if args.segmenter is not None:
+        changes["segmenter"] = args.segmenter
+    if args.threads is not None:
+        changes["threads"] = args.threads
+    if getattr(args, "models", None):
+        changes["models_dir"] = str(args.models)
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(e.g. from pvsquant train or finetune); the shipped weights fill the rest")
 
     train = sub.add_parser("train", help="train a counting network on synthetic PVS (see MODEL_CARD.md)")
-    train.add_argument("--region", required=True, choices=list(REGION_CODES) + ["all"])
+    train.add_argument("--region", required=True, choices=[*list(REGION_CODES), "all"])
     train.add_argument("--model", required=True, choices=["cnn", "gpunet"])
     train.add_argument("--out", required=True, type=Path, help="run folder: weights, checkpoint, log (resumes)")
     train.add_argument("--cache", type=Path, help="folder of cached synthetic samples (made when missing; "
@@ -96,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="pvsquant run output folders (folder name = subject)")
     finetune.add_argument("--out", required=True, type=Path, help="model folder to write (created; must not exist)")
     finetune.add_argument("--models", type=Path, help="start from these weights instead of the shipped ones")
-    finetune.add_argument("--region", choices=list(REGION_CODES) + ["all"], default="all",
+    finetune.add_argument("--region", choices=[*list(REGION_CODES), "all"], default="all",
                           help="fine-tune this region's networks only (default: every region with scores)")
     finetune.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     finetune.add_argument("--seed", type=int, default=0)
@@ -120,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_command(args: argparse.Namespace) -> int:
     """pvsquant train: cache synthetic samples (resumable), then train (resumable)."""
-    from .trainingdata import default_label_maps, generate_dataset
-    from .training import TrainSettings, train
+    from .learning.training import TrainSettings, train
+    from .learning.trainingdata import default_label_maps, generate_dataset
 
     maps = sorted(args.maps.glob("*.nii*")) if args.maps else default_label_maps()
     if len(maps) <= args.val_maps:
@@ -147,7 +165,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """pvsquant evaluate: tables, figures and evaluation.html of a cohort."""
-    from .evaluate import evaluate_cohort
+    from .cohort.evaluate import evaluate_cohort
 
     result = evaluate_cohort(args.scores, args.out, results=args.results, counts_path=args.counts,
                              overwrite=args.overwrite)
@@ -158,7 +176,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 def finetune_command(args: argparse.Namespace) -> int:
     """pvsquant finetune: cross-validated fine-tuning, then weights for pvsquant run --models."""
-    from .finetune import FinetuneSettings, finetune_cohort, summary_markdown
+    from .learning.finetune import FinetuneSettings, finetune_cohort, summary_markdown
 
     regions = tuple(REGION_CODES) if args.region == "all" else (args.region,)
     settings = FinetuneSettings(folds=args.folds, seed=args.seed, threads=args.threads, regions=regions)
@@ -171,26 +189,26 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 def demo_cohort_command(args: argparse.Namespace) -> int:
     """pvsquant demo --cohort N: synthetic cohort from the example, its evaluation and a cross-validated fine-tune."""
-    from .cohort import make_demo_cohort
-    from .evaluate import evaluate_cohort
-    from .finetune import FinetuneSettings, finetune_cohort, summary_markdown
+    from .cohort.evaluate import evaluate_cohort
+    from .demo import make_demo_cohort
+    from .learning.finetune import FinetuneSettings, finetune_cohort, summary_markdown
 
     out = args.out
     if out.exists() and any(out.iterdir()) and not (out / "results").is_dir():
         raise OutputExistsError(f"{out} exists and is not a demo cohort folder; choose another --out")
-    settings = Settings(segmenter=args.segmenter, threads=args.threads)
+    settings = settings_from_args(args)
     cohort = make_demo_cohort(out, example_inputs(), args.cohort, settings, seed=args.seed)
     evaluation = evaluate_cohort(cohort["scores"], out / "evaluation", results=cohort["results"], overwrite=True)
     print(evaluation["summary"])
     summary = finetune_cohort(cohort["scores"], cohort["results"], out / "finetuned_models",
-                              settings=FinetuneSettings(threads=args.threads, seed=args.seed), overwrite=True)
+                              settings=FinetuneSettings(threads=settings.threads, seed=args.seed), overwrite=True)
     print(summary_markdown(summary))
     print(f"done: {out} (open {out / 'evaluation' / 'evaluation.html'}; per subject: results/<subject>/report.html)")
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .reporting.report import write_report
 
     for folder in args.out_dirs:
         if not (folder / "qc.json").is_file():
@@ -218,10 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         except (PvsError, FileNotFoundError) as exc:
             log.error("%s: %s", type(exc).__name__, exc)
             return 1
-    from .pipeline import run_subject  # heavy imports after argument parsing
+    from .pipeline.run import run_subject  # heavy imports after argument parsing
 
-    models = getattr(args, "models", None)
-    settings = Settings(segmenter=args.segmenter, threads=args.threads, models_dir=str(models) if models else None)
+    try:
+        settings = settings_from_args(args)
+    except PvsError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 1
     overwrite = args.overwrite
     if args.command == "demo":
         inputs = example_inputs()
@@ -242,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         main = primary.get(region, {}).get("model", "gpunet")
         value = counts.get((region, main))
         others = ", ".join(f"{m} {'n/a' if counts.get((region, m)) is None else counts[(region, m)]}"
-                           for m in ("gpunet", "cnn", "frangi") if m != main)
+                           for m in METHODS if m != main)
         print(f"  PVS count {region:18s} {'n/a' if value is None else value} ({main}; secondary: {others})")
     return 0
 

@@ -36,3 +36,7 @@ class DependencyError(PvsError, RuntimeError):
 
 class InputTableError(PvsError, ValueError):
     """A table (visual scores, counts) is unreadable or lacks what is needed."""
+
+
+class InputSettingsError(PvsError, ValueError):
+    """A settings file (``--settings``) is unreadable, or names an unknown setting or a wrong value."""

@@ -92,6 +92,6 @@ def ball(radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.nda
     """Boolean ellipsoidal structuring element of a physical radius on an anisotropic grid."""
     spacing = np.asarray(spacing_mm, dtype=float)
     half = np.maximum(0, np.floor(radius_mm / spacing)).astype(int)
-    axes = [np.arange(-h, h + 1) * s for h, s in zip(half, spacing)]
+    axes = [np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=False)]
     xx, yy, zz = np.meshgrid(*axes, indexing="ij")
     return (xx ** 2 + yy ** 2 + zz ** 2) <= radius_mm ** 2 + 1e-9

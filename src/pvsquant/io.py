@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -61,7 +61,7 @@ def load_volume(path: str | Path, role: str = "image", labels: bool = False) -> 
             f"{', '.join(IMAGE_SUFFIXES)}."
         )
     try:
-        img = nib.load(str(path))
+        img = cast(nib.Nifti1Image, nib.load(str(path)))
         data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputImageError(f"{role} {path.name} is truncated or not valid gzip ({exc}).") from exc
@@ -81,7 +81,7 @@ def load_volume(path: str | Path, role: str = "image", labels: bool = False) -> 
         raise InputImageError(f"{role} {path.name} has shape {data.shape}; expected 3D.")
 
     zooms = _stored_voxel_size(img, path)
-    affine = np.asarray(img.affine, dtype=float)
+    affine = np.asarray(img.affine, dtype=np.float64)
     column_norms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if np.any(zooms <= 0) or np.any(column_norms <= 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputImageError(

@@ -12,12 +12,14 @@ on two CPU cores and the target is 1 s per region (see ``benchmarks/counting``).
   attention map is the last feature maps weighted by the output layer's weights
   (class-activation style), at input resolution.
 
-Global pooling is a sum over the region's counting mask (:func:`pvsquant.roi.count_mask`):
+Global pooling is a sum over the region's counting mask (:func:`pvsquant.pipeline.roi.count_mask`):
 the paper's global average pooling times the number of voxels, so the output of a
 sub-volume is the count of that sub-volume. This makes counting additive in space: the
 networks train on small patches and run on a whole region.
 """
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 from torch import nn
@@ -94,7 +96,9 @@ class GPUnet(nn.Module):
         u2 = self.up2(torch.cat([F.interpolate(f3, size=f2.shape[2:], mode="trilinear", align_corners=False), f2], 1))
         last = self.up1(torch.cat([F.interpolate(u2, size=f1.shape[2:], mode="trilinear", align_corners=False), f1], 1))
         self.last_features = last  # kept for the segmentation loss
-        self.gate_logit = (torch.einsum("bcxyz,c->bxyz", last, self.segment.weight[0]) + self.segment.bias[0]).unsqueeze(1)
+        self.gate_logit = (
+            torch.einsum("bcxyz,c->bxyz", last, self.segment.weight[0]) + self.segment.bias[0]
+        ).unsqueeze(1)
         mass = torch.einsum("bcxyz,c->bxyz", last, self.output.weight[0]) + self.output.bias[0]
         attention = gate(self.gate_logit) * mass.unsqueeze(1) * self.scale
         return (attention * mask).sum(dim=(1, 2, 3, 4)), attention
@@ -132,13 +136,17 @@ def head_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torc
 
 def get_head(model: nn.Module) -> torch.Tensor:
     """The output layer as one vector ``[w, b]`` (C + 1)."""
-    return torch.cat([model.output.weight[0], model.output.bias]).detach().clone()
+    output = cast(nn.Conv3d, model.output)
+    assert output.bias is not None
+    return torch.cat([output.weight[0], output.bias]).detach().clone()
 
 
 def set_head(model: nn.Module, head: torch.Tensor) -> None:
+    output = cast(nn.Conv3d, model.output)
+    assert output.bias is not None
     with torch.no_grad():
-        model.output.weight[0].copy_(head[:-1])
-        model.output.bias.copy_(head[-1:])
+        output.weight[0].copy_(head[:-1])
+        output.bias.copy_(head[-1:])
 
 
 def build_model(name: str, width: int = 8, in_channels: int = 3) -> nn.Module:

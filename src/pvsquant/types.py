@@ -13,13 +13,7 @@ from typing import Any
 
 import numpy as np
 
-REGION_CODES: dict[str, int] = {
-    "centrum_semiovale": 1,
-    "basal_ganglia": 2,
-    "hippocampi": 3,
-    "midbrain": 4,
-}
-"""Label values of ``regions.nii.gz``; the names are those of ``counts.tsv``."""
+from .labels import REGION_CODES  # noqa: F401  (re-exported: types used to define it)
 
 
 @dataclass(frozen=True)
@@ -56,7 +50,7 @@ class Volume:
     def voxel_volume_ml(self) -> float:
         return float(abs(np.linalg.det(np.asarray(self.affine)[:3, :3])) / 1000.0)
 
-    def with_array(self, array: np.ndarray) -> "Volume":
+    def with_array(self, array: np.ndarray) -> Volume:
         """A new volume on the same grid holding ``array``."""
         return Volume(array, self.affine, self.source)
 
@@ -120,7 +114,7 @@ class RegionCrop:
     """The region itself (boolean, before dilation) on the box grid: where counts are summed."""
     t2: Volume | None = None
     """The same box of the T2 *without* the mask, scaled by the region's median
-    (:func:`pvsquant.roi.scale_to_region`): the networks' input (with the region as a channel)."""
+    (:func:`pvsquant.pipeline.roi.scale_to_region`): the networks' input (with the region as a channel)."""
 
     @property
     def inside(self) -> np.ndarray:
@@ -198,6 +192,71 @@ class Settings:
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json(cls, source: str | Path | dict[str, Any]) -> Settings:
+        """Settings from a run's ``settings.json`` (or a dict): the inverse of :meth:`to_json`.
+
+        Missing keys keep their defaults, so a file may hold only what it changes; an unknown key
+        or a value of the wrong kind raises :class:`~pvsquant.errors.InputSettingsError` naming it.
+        """
+        from .errors import InputSettingsError
+
+        where = "settings"
+        if not isinstance(source, dict):
+            where = str(source)
+            try:
+                source = json.loads(Path(source).read_text())
+            except FileNotFoundError as exc:
+                raise InputSettingsError(f"settings file {where} does not exist.") from exc
+            except (OSError, ValueError) as exc:
+                raise InputSettingsError(f"settings file {where} is not readable JSON ({exc}).") from exc
+        if not isinstance(source, dict):
+            raise InputSettingsError(f"{where}: expected a JSON object of settings, found {type(source).__name__}.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(source) - set(fields))
+        if unknown:
+            raise InputSettingsError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
+                                     f"known: {', '.join(fields)}.")
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for name, value in source.items():
+            default = getattr(defaults, name)
+            values[name] = _like(default, value, f"{where}: {name}")
+        return cls(**values)
+
+
+def _like(default: Any, value: Any, what: str) -> Any:
+    """``value`` (from JSON) converted to the kind of ``default``: lists to tuples, ints to floats."""
+    from .errors import InputSettingsError
+
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise InputSettingsError(f"{what} must be true or false, found {value!r}.")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputSettingsError(f"{what} must be a number, found {value!r}.")
+        if isinstance(default, int) and not float(value).is_integer():
+            raise InputSettingsError(f"{what} must be a whole number, found {value!r}.")
+        return type(default)(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise InputSettingsError(f"{what} must be text, found {value!r}.")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise InputSettingsError(f"{what} must be a list, found {value!r}.")
+        kind = default[0] if default else value[0] if value else 0
+        return tuple(_like(kind, v, what) for v in value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise InputSettingsError(f"{what} must be an object, found {value!r}.")
+        sample = next(iter(default.values()))
+        return {k: _like(default.get(k, sample), v, f"{what}.{k}") for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import pytest
 
 from pvsquant.cli import example_inputs, main
 from pvsquant.io import load_volume
-from pvsquant.regions import EXPECTED_VOLUME_ML
-from pvsquant.registration import register_t1_to_t2, rigid_from_parameters, transform_error
+from pvsquant.pipeline.regions import EXPECTED_VOLUME_ML
+from pvsquant.pipeline.registration import register_t1_to_t2, rigid_from_parameters, transform_error
 from pvsquant.types import REGION_CODES, Volume
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def demo_out(tmp_path_factory):
 
 def brain_box(t2: Volume) -> np.ndarray:
     centre = t2.affine[:3, :3] @ ((np.asarray(t2.shape) - 1) / 2) + t2.affine[:3, 3]
-    return np.array([centre + [x, y, z] for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
+    return np.array([[*centre, x, y, z] for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
 
 
 @pytest.mark.parametrize("angles, shift", [((10.0, 0.0, 0.0), (15.0, 0.0, 0.0)),

@@ -13,7 +13,7 @@ import platform
 import resource
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -23,16 +23,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from . import __version__
+from .. import __version__
+from ..io import atomic_output_dir, check_pair_overlap, load_volume, save_volume, write_json
+from ..reporting.figures import plot_attention, plot_detections, plot_regions_mosaic, plot_registration, plot_roi_crops
+from ..reporting.report import write_report
+from ..types import REGION_CODES, Anatomy, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
 from .anatomy import segment_anatomy, structure_volumes_ml
 from .counting import count_region, load_models, primary_counts, save_count_outputs
-from .figures import plot_attention, plot_detections, plot_registration, plot_regions_mosaic, plot_roi_crops
-from .io import atomic_output_dir, check_pair_overlap, load_volume, save_volume, write_json
 from .regions import Regions, make_regions, regions_on_grid
 from .registration import register_t1_to_t2
-from .report import write_report
 from .roi import crop_regions, save_crop
-from .types import REGION_CODES, Anatomy, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,8 @@ class SubjectResult:
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for dist in ("numpy", "scipy", "nibabel", "SimpleITK", "antspyx", "deepbet", "torch", "scikit-image"):
-        try:
+        with suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -91,15 +89,22 @@ def input_flags(t1: Volume, t2: Volume, overlap: float, settings: Settings) -> l
                                 f"{role} has {thickest:.1f} mm slices (> {settings.thick_slice_warn_mm:g} mm); "
                                 "small PVS may be missed"))
     if overlap < settings.overlap_warn_fraction:
-        flags.append(QCFlag("partial_overlap", f"only {100 * overlap:.0f}% of the T2 lies inside the T1's field of view"))
+        flags.append(
+            QCFlag("partial_overlap", f"only {100 * overlap:.0f}% of the T2 lies inside the T1's field of view")
+        )
     return flags
 
 
 def registration_flags(transform: RigidTransform, settings: Settings) -> list[QCFlag]:
     """A flag when the T1-T2 mutual information at the solution is weak."""
     if -transform.score < settings.registration_min_mi:
-        return [QCFlag("registration_poor", f"T1-T2 mutual information {-transform.score:.2f} is below "
-                       f"{settings.registration_min_mi:g}; check the registration in regions.png")]
+        return [
+            QCFlag(
+                "registration_poor",
+                f"T1-T2 mutual information {-transform.score:.2f} is below "
+                f"{settings.registration_min_mi:g}; check the registration in regions.png",
+            )
+        ]
     return []
 
 
@@ -131,8 +136,13 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
 
     with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information)"):
         transform = register_t1_to_t2(t1, t2, settings)
-        log.info("  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
-                 transform.rotation_deg, transform.translation_mm, transform.score, transform.initial_score)
+        log.info(
+            "  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
+            transform.rotation_deg,
+            transform.translation_mm,
+            transform.score,
+            transform.initial_score,
+        )
         flags.extend(registration_flags(transform, settings))
 
     method = "labels" if user_labels is not None else settings.segmenter
@@ -147,12 +157,25 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
     return PreparedSubject(inputs, t1, t2, overlap, flags, models, transform, anatomy, regions)
 
 
-def quantify_subject(prep: PreparedSubject, out: Path, settings: Settings, timer: StageTimer,
-                     t_start: float, extra_qc: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict]:
+def quantify_subject(
+    prep: PreparedSubject,
+    out: Path,
+    settings: Settings,
+    timer: StageTimer,
+    t_start: float,
+    extra_qc: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict]:
     """Network inputs, counts, figures, qc.json and report.html of a prepared subject, written to ``out``.
 
     ``extra_qc`` goes into qc.json as is (e.g. what a synthetic case is made of)."""
-    t1, t2, inputs, regions, transform, anatomy = prep.t1, prep.t2, prep.inputs, prep.regions, prep.transform, prep.anatomy
+    t1, t2, inputs, regions, transform, anatomy = (
+        prep.t1,
+        prep.t2,
+        prep.inputs,
+        prep.regions,
+        prep.transform,
+        prep.anatomy,
+    )
     flags = list(prep.flags)
     save_volume(anatomy.labels, out / "anatomy.nii.gz", dtype=np.int16)
     regions_t2 = regions_on_grid(regions, t2.affine, t2.shape)
@@ -163,19 +186,37 @@ def quantify_subject(prep: PreparedSubject, out: Path, settings: Settings, timer
         roi_info = {}
         for name, crop in crops.items():
             save_crop(crop, out / "roi")
-            roi_info[name] = {"file": f"roi/{name}.nii.gz", "shape": list(crop.box_shape),
-                              "box_start": list(crop.box_start), "clipped": crop.clipped}
+            roi_info[name] = {
+                "file": f"roi/{name}.nii.gz",
+                "shape": list(crop.box_shape),
+                "box_start": list(crop.box_start),
+                "clipped": crop.clipped,
+            }
             if crop.clipped:
-                flags.append(QCFlag(f"roi_clipped_{name}", f"region {name} is larger than its "
-                                    f"{settings.roi_box_mm[name]} mm box and was cut"))
+                flags.append(
+                    QCFlag(
+                        f"roi_clipped_{name}",
+                        f"region {name} is larger than its {settings.roi_box_mm[name]} mm box and was cut",
+                    )
+                )
 
     with timer.stage("count", "PVS counts: GP-Unet and CNN, Frangi baseline"):
-        counted = {name: count_region(crop, prep.models, settings.target_spacing_mm, settings.detection_level,
-                                      settings.detection_min_mass) for name, crop in crops.items()}
+        counted = {
+            name: count_region(
+                crop, prep.models, settings.target_spacing_mm, settings.detection_level, settings.detection_min_mass
+            )
+            for name, crop in crops.items()
+        }
         count_rows = save_count_outputs(counted, tuple(REGION_CODES), t2, out)
         for name, res in counted.items():
-            log.info("  %-18s gpunet %6.1f  cnn %6.1f  frangi %4.0f  (%d detected)", name,
-                     res.counts["gpunet"], res.counts["cnn"], res.counts["frangi"], len(res.detections))
+            log.info(
+                "  %-18s gpunet %6.1f  cnn %6.1f  frangi %4.0f  (%d detected)",
+                name,
+                res.counts["gpunet"],
+                res.counts["cnn"],
+                res.counts["frangi"],
+                len(res.detections),
+            )
         model_files = {f"{r}_{m}": getattr(prep.models[(r, m)], "source", None) for r, m in sorted(prep.models)}
         model_versions = {f"{r}_{m}": getattr(prep.models[(r, m)], "sha256", None) for r, m in sorted(prep.models)}
 
@@ -194,22 +235,34 @@ def quantify_subject(prep: PreparedSubject, out: Path, settings: Settings, timer
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "warn" if flags else "pass",
         "flags": [{"code": f.code, "message": f.message, "severity": f.severity} for f in flags],
-        "inputs": {"t1": describe_input(t1), "t2": describe_input(t2),
-                   "labels": str(inputs.labels) if inputs.labels else None,
-                   "t2_fov_inside_t1_fraction": round(prep.overlap, 3)},
-        "registration": {"method": "SimpleITK Euler3D, Mattes MI", "mattes_mi": round(transform.score, 4),
-                         "mattes_mi_headers": round(transform.initial_score, 4),
-                         "rotation_deg": round(transform.rotation_deg, 3),
-                         "translation_mm": round(transform.translation_mm, 3),
-                         "t2_to_t1_world": np.round(transform.t2_to_t1, 6).tolist()},
-        "anatomy": {"method": anatomy.method, "structure_volumes_ml":
-                    {k: round(v, 2) for k, v in structure_volumes_ml(anatomy).items()},
-                    "superior_axis_t1_world": np.round(anatomy.superior_axis, 4).tolist()},
-        "regions": {"volumes_ml": {k: round(v, 2) for k, v in regions.volumes_ml.items()},
-                    "caudate_top_mm": None if regions.caudate_top_mm is None else round(regions.caudate_top_mm, 2),
-                    "cso_slab_mm_above_caudate": [settings.cso_offset_mm,
-                                                  settings.cso_offset_mm + settings.cso_slab_thickness_mm],
-                    "superior_axis_t2_world": np.round(regions.superior_axis_t2, 4).tolist()},
+        "inputs": {
+            "t1": describe_input(t1),
+            "t2": describe_input(t2),
+            "labels": str(inputs.labels) if inputs.labels else None,
+            "t2_fov_inside_t1_fraction": round(prep.overlap, 3),
+        },
+        "registration": {
+            "method": "SimpleITK Euler3D, Mattes MI",
+            "mattes_mi": round(transform.score, 4),
+            "mattes_mi_headers": round(transform.initial_score, 4),
+            "rotation_deg": round(transform.rotation_deg, 3),
+            "translation_mm": round(transform.translation_mm, 3),
+            "t2_to_t1_world": np.round(transform.t2_to_t1, 6).tolist(),
+        },
+        "anatomy": {
+            "method": anatomy.method,
+            "structure_volumes_ml": {k: round(v, 2) for k, v in structure_volumes_ml(anatomy).items()},
+            "superior_axis_t1_world": np.round(anatomy.superior_axis, 4).tolist(),
+        },
+        "regions": {
+            "volumes_ml": {k: round(v, 2) for k, v in regions.volumes_ml.items()},
+            "caudate_top_mm": None if regions.caudate_top_mm is None else round(regions.caudate_top_mm, 2),
+            "cso_slab_mm_above_caudate": [
+                settings.cso_offset_mm,
+                settings.cso_offset_mm + settings.cso_slab_thickness_mm,
+            ],
+            "superior_axis_t2_world": np.round(regions.superior_axis_t2, 4).tolist(),
+        },
         "roi": roi_info,
         "counts": count_rows,
         "primary_counts": primary_counts(count_rows),
@@ -231,8 +284,9 @@ def quantify_subject(prep: PreparedSubject, out: Path, settings: Settings, timer
     return qc, crops
 
 
-def run_subject(inputs: SubjectInputs, out_dir: str | Path, settings: Settings = Settings(),
-                overwrite: bool = False) -> SubjectResult:
+def run_subject(
+    inputs: SubjectInputs, out_dir: str | Path, settings: Settings = Settings(), overwrite: bool = False
+) -> SubjectResult:
     """Run the pipeline for one subject and write its outputs to ``out_dir``.
 
     Raises

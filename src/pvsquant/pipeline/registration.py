@@ -11,8 +11,8 @@ import logging
 import numpy as np
 import SimpleITK as sitk
 
-from .grids import reslice_affine, resample
-from .types import RigidTransform, Settings, Volume
+from ..grids import resample, reslice_affine
+from ..types import RigidTransform, Settings, Volume
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def register_t1_to_t2(t1: Volume, t2: Volume, settings: Settings = Settings(),
         learningRate=1.0, minStep=1e-3, numberOfIterations=settings.registration_iterations,
         relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
     reg.SetOptimizerScalesFromPhysicalShift()
-    levels = [max(1, int(round(f * 1.0 / spacing))) if f > 1 else 1 for f in settings.registration_levels]
+    levels = [max(1, round(f * 1.0 / spacing)) if f > 1 else 1 for f in settings.registration_levels]
     reg.SetShrinkFactorsPerLevel(levels)
     reg.SetSmoothingSigmasPerLevel([max(0.0, (f - 1) * 1.0) for f in settings.registration_levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()

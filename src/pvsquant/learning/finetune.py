@@ -25,15 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputFileNotFoundError, InputTableError
-from .evaluate import read_scores, write_tsv
-from .io import atomic_output_dir, write_json
-from .stats import pearson
-from .types import REGION_CODES
+from ..cohort.evaluate import read_scores, write_tsv
+from ..cohort.stats import pearson
+from ..errors import InputFileNotFoundError, InputTableError
+from ..io import atomic_output_dir, write_json
+from ..labels import NETWORKS, REGION_CODES
 
 log = logging.getLogger(__name__)
 
-NETWORKS = ("gpunet", "cnn")
 RESULT_COLUMNS = ("subject", "region", "model", "rater1", "shipped", "finetuned_oof", "fold")
 
 
@@ -121,9 +120,9 @@ def cohort_features(scores: dict, result_dirs: list[Path], models: dict, setting
     """Per region: subjects, rater1 and every network's pooled head features on each scan."""
     import torch
 
-    from .counting import model_channels, network_input
-    from .models import head_features
-    from .roi import load_crop
+    from ..models import head_features
+    from ..pipeline.counting import model_channels, network_input
+    from ..pipeline.roi import load_crop
 
     by_subject = {Path(d).name: Path(d) for d in result_dirs}
     per_region: dict[str, dict[str, Any]] = {}
@@ -135,49 +134,74 @@ def cohort_features(scores: dict, result_dirs: list[Path], models: dict, setting
         if crop is None:
             log.warning("%s: no %s crop in %s (region empty); left out", subject, region, by_subject[subject])
             continue
-        net_input = network_input(crop, tuple(float(v) for v in crop.image.spacing_mm), model_channels(models, region))
+        spacing = crop.image.spacing_mm
+        net_input = network_input(crop, (float(spacing[0]), float(spacing[1]), float(spacing[2])),
+                                  model_channels(models, region))
         entry = per_region.setdefault(region, {"subjects": [], "rater1": [], **{m: [] for m in NETWORKS}})
         entry["subjects"].append(subject)
         entry["rater1"].append(scores[(subject, region)]["rater1"])
         with torch.no_grad():
             for name in NETWORKS:
-                entry[name].append(head_features(models[(region, name)], net_input.x, net_input.mask)[0].double().numpy())
+                features = head_features(models[(region, name)], net_input.x, net_input.mask)
+                entry[name].append(features[0].double().numpy())
         elapsed = time.perf_counter() - start
-        log.info("features %d/%d (%s, %s) %.0f s, about %.0f s left", i, len(jobs), subject, region, elapsed,
-                 elapsed / i * (len(jobs) - i))
+        log.info(
+            "features %d/%d (%s, %s) %.0f s, about %.0f s left",
+            i,
+            len(jobs),
+            subject,
+            region,
+            elapsed,
+            elapsed / i * (len(jobs) - i),
+        )
     return per_region
 
 
 def summarise(target: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    return {"pearson_r": round(pearson(predicted, target)[0], 4),
-            "mae": round(float(np.mean(np.abs(predicted - target))), 3)}
+    return {
+        "pearson_r": round(pearson(predicted, target)[0], 4),
+        "mae": round(float(np.mean(np.abs(predicted - target))), 3),
+    }
 
 
-def finetune_cohort(scores_path: Path, result_dirs: list[Path], out_dir: Path, models_dir: str | None = None,
-                    settings: FinetuneSettings = FinetuneSettings(), overwrite: bool = False) -> dict[str, Any]:
+def finetune_cohort(
+    scores_path: Path,
+    result_dirs: list[Path],
+    out_dir: Path,
+    models_dir: str | None = None,
+    settings: FinetuneSettings = FinetuneSettings(),
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Cross-validate, then fit on all subjects and write ``<region>_<model>.pt`` and the report to ``out_dir``."""
     import torch
 
-    from .counting import load_models
-    from .models import get_head, set_head
+    from ..models import get_head, set_head
+    from ..pipeline.counting import load_models
 
     scores, _ = read_scores(Path(scores_path))
     for folder in result_dirs:
         if not (Path(folder) / "roi").is_dir():
-            raise InputFileNotFoundError(f"{folder} is not a pvsquant run output: {Path(folder) / 'roi'} does not exist")
+            raise InputFileNotFoundError(
+                f"{folder} is not a pvsquant run output: {Path(folder) / 'roi'} does not exist"
+            )
     missing = sorted({s for s, _ in scores} - {Path(d).name for d in result_dirs})
     if missing:
         log.warning("subjects with visual scores but no result folder (left out): %s", ", ".join(missing))
     models = load_models(models_dir, settings.threads)
     per_region = cohort_features(scores, result_dirs, models, settings)
     rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"folds": settings.folds, "seed": settings.seed, "regions": {},
-                               "left_out_subjects": missing, "method": __doc__.split("\n\n")[1].replace("\n", " ")}
+    summary: dict[str, Any] = {
+        "folds": settings.folds,
+        "seed": settings.seed,
+        "regions": {},
+        "left_out_subjects": missing,
+        "method": __doc__.split("\n\n")[1].replace("\n", " "),
+    }
     tuned: dict[tuple[str, str], torch.nn.Module] = {}
     for region in REGION_CODES:
         data = per_region.get(region)
         n = len(data["subjects"]) if data else 0
-        if n < settings.min_subjects:
+        if data is None or n < settings.min_subjects:
             if n:
                 log.warning("%s: %d scored subjects, fewer than %d: not fine-tuned", region, n, settings.min_subjects)
             continue
@@ -189,21 +213,42 @@ def finetune_cohort(scores_path: Path, result_dirs: list[Path], out_dir: Path, m
             shipped = features @ start
             predicted, fold = cross_validate(features, target, start, settings)
             head, penalty = fit_head(features, target, start, settings.penalties)
-            summary["regions"][region][name] = {"start": summarise(target, shipped),
-                                                "finetuned_out_of_fold": summarise(target, predicted),
-                                                "penalty_all_subjects": penalty}
-            rows += [{"subject": s, "region": region, "model": name, "rater1": t, "shipped": float(a),
-                      "finetuned_oof": float(b), "fold": int(f)}
-                     for s, t, a, b, f in zip(data["subjects"], target, shipped, predicted, fold)]
+            summary["regions"][region][name] = {
+                "start": summarise(target, shipped),
+                "finetuned_out_of_fold": summarise(target, predicted),
+                "penalty_all_subjects": penalty,
+            }
+            rows += [
+                {
+                    "subject": s,
+                    "region": region,
+                    "model": name,
+                    "rater1": t,
+                    "shipped": float(a),
+                    "finetuned_oof": float(b),
+                    "fold": int(f),
+                }
+                for s, t, a, b, f in zip(data["subjects"], target, shipped, predicted, fold, strict=False)
+            ]
             model = models[(region, name)]
             set_head(model, torch.from_numpy(head).float())
             tuned[(region, name)] = model
-            log.info("%-18s %-6s n=%d  r %.2f -> %.2f  MAE %.1f -> %.1f (out of fold)", region, name, n,
-                     *(summary["regions"][region][name][k][m] for m in ("pearson_r", "mae")
-                       for k in ("start", "finetuned_out_of_fold")))
+            log.info(
+                "%-18s %-6s n=%d  r %.2f -> %.2f  MAE %.1f -> %.1f (out of fold)",
+                region,
+                name,
+                n,
+                *(
+                    summary["regions"][region][name][k][m]
+                    for m in ("pearson_r", "mae")
+                    for k in ("start", "finetuned_out_of_fold")
+                ),
+            )
     if not tuned:
-        raise InputTableError(f"no region has {settings.min_subjects} or more subjects with both a visual score in "
-                              f"{scores_path} and a result folder; nothing to fine-tune")
+        raise InputTableError(
+            f"no region has {settings.min_subjects} or more subjects with both a visual score in "
+            f"{scores_path} and a result folder; nothing to fine-tune"
+        )
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         for (region, name), model in tuned.items():
             save_weights(model, region, name, tmp / f"{region}_{name}.pt", summary["regions"][region][name])
@@ -215,27 +260,44 @@ def finetune_cohort(scores_path: Path, result_dirs: list[Path], out_dir: Path, m
 
 
 def save_weights(model: Any, region: str, name: str, path: Path, evaluation: dict[str, Any]) -> None:
-    """The same format as ``pvsquant train`` writes (read by :func:`pvsquant.counting.load_models`)."""
+    """The same format as ``pvsquant train`` writes (read by :func:`pvsquant.pipeline.counting.load_models`)."""
     import torch
 
     width = model.encoder.level1[0][0].out_channels
     in_channels = model.encoder.in_channels
-    torch.save({"model": name, "region": region, "width": width, "in_channels": in_channels,
-                "state_dict": model.state_dict(), "finetuned": evaluation}, path)
+    torch.save(
+        {
+            "model": name,
+            "region": region,
+            "width": width,
+            "in_channels": in_channels,
+            "state_dict": model.state_dict(),
+            "finetuned": evaluation,
+        },
+        path,
+    )
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    lines = ["# Fine-tuning on visual scores", "", summary["method"], "",
-             f"{summary['folds']}-fold cross-validation over subjects (seed {summary['seed']}); every fine-tuned "
-             "figure below is out of fold.", "",
-             "| region | model | n | r start | r fine-tuned (OOF) | MAE start | MAE fine-tuned (OOF) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Fine-tuning on visual scores",
+        "",
+        summary["method"],
+        "",
+        f"{summary['folds']}-fold cross-validation over subjects (seed {summary['seed']}); every fine-tuned "
+        "figure below is out of fold.",
+        "",
+        "| region | model | n | r start | r fine-tuned (OOF) | MAE start | MAE fine-tuned (OOF) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for region, entry in summary["regions"].items():
         for name in NETWORKS:
             e = entry[name]
-            lines.append(f"| {region} | {name} | {entry['n']} | {e['start']['pearson_r']:.3f} | "
-                         f"{e['finetuned_out_of_fold']['pearson_r']:.3f} | {e['start']['mae']:.2f} | "
-                         f"{e['finetuned_out_of_fold']['mae']:.2f} |")
+            lines.append(
+                f"| {region} | {name} | {entry['n']} | {e['start']['pearson_r']:.3f} | "
+                f"{e['finetuned_out_of_fold']['pearson_r']:.3f} | {e['start']['mae']:.2f} | "
+                f"{e['finetuned_out_of_fold']['mae']:.2f} |"
+            )
     if summary["left_out_subjects"]:
         lines += ["", "Left out (visual scores but no result folder): " + ", ".join(summary["left_out_subjects"])]
     return "\n".join(lines) + "\n"
@@ -250,15 +312,16 @@ def plot_out_of_fold(rows: list[dict[str, Any]], path: Path) -> Path:
 
     regions = [r for r in REGION_CODES if any(row["region"] == r for row in rows)]
     models = [m for m in NETWORKS if any(row["model"] == m for row in rows)]
-    fig, axes = plt.subplots(len(models), len(regions), figsize=(3.4 * len(regions), 3.3 * len(models)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(models), len(regions), figsize=(3.4 * len(regions), 3.3 * len(models)), squeeze=False)
     for i, name in enumerate(models):
         for j, region in enumerate(regions):
             ax = axes[i, j]
             sel = [r for r in rows if r["region"] == region and r["model"] == name]
             t = np.array([r["rater1"] for r in sel])
-            for key, colour, label in (("shipped", "#999999", "start"), ("finetuned_oof", "#d62728",
-                                                                         "fine-tuned (out of fold)")):
+            for key, colour, label in (
+                ("shipped", "#999999", "start"),
+                ("finetuned_oof", "#d62728", "fine-tuned (out of fold)"),
+            ):
                 ax.scatter(t, [r[key] for r in sel], s=18, color=colour, label=label)
             hi = max(t.max(), max(max(r["shipped"], r["finetuned_oof"]) for r in sel)) * 1.05
             ax.plot([0, hi], [0, hi], "k--", lw=0.8)

@@ -10,15 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .grids import resample
-from .registration import rigid_from_parameters
-from .types import Volume
-
-CSF_CODES = (4, 5, 14, 15, 24, 43, 44, 72)
-WM_CODES = (2, 41, 7, 46, 28, 60, 85)
-CORTEX_CODES = (3, 42, 8, 47)
-DEEP_GM_CODES = (11, 50, 12, 51, 17, 53, 18, 54, 26, 58)
-LESION_CODES = (25, 57, 77, 99)
+from ..grids import resample
+from ..labels import AMYGDALA, CORTEX_CODES, CSF_CODES, DEEP_GM_CODES, HIPPOCAMPUS, LESION_CODES, WM_CODES
+from ..pipeline.registration import rigid_from_parameters
+from ..types import Volume
 
 
 def t1_intensities(codes: np.ndarray, rng: np.random.Generator) -> dict[int, float]:
@@ -109,8 +104,8 @@ def acquire(image: Volume, affine: np.ndarray, shape: tuple[int, ...], rng: np.r
 
 # --- T2 contrast, PVS and their look-alikes (training data of the counting networks) ---
 
-HIPPOCAMPUS_CODES = (17, 53)
-AMYGDALA_CODES = (18, 54)
+HIPPOCAMPUS_CODES = HIPPOCAMPUS
+AMYGDALA_CODES = AMYGDALA
 
 
 def t2_intensities(codes: np.ndarray, rng: np.random.Generator) -> dict[int, float]:
@@ -170,14 +165,14 @@ def _local_points(affine: np.ndarray, shape: tuple[int, ...], lo_mm: np.ndarray,
     if np.any(stop <= start):
         return None
     sub = [(np.arange(s) + 0.5) / s - 0.5 for s in supersample]
-    axes = [np.add.outer(np.arange(a, b), offsets) for a, b, offsets in zip(start, stop, sub)]
+    axes = [np.add.outer(np.arange(a, b), offsets) for a, b, offsets in zip(start, stop, sub, strict=False)]
     ii, jj, kk = np.meshgrid(*[ax.ravel() for ax in axes], indexing="ij")
     idx = np.stack([ii, jj, kk], axis=-1)
     pts = idx @ affine[:3, :3].T + affine[:3, 3]
     n = stop - start
     pts = pts.reshape(n[0], supersample[0], n[1], supersample[1], n[2], supersample[2], 3)
     pts = pts.transpose(0, 2, 4, 1, 3, 5, 6)
-    return tuple(slice(a, b) for a, b in zip(start, stop)), pts
+    return tuple(slice(a, b) for a, b in zip(start, stop, strict=False)), pts
 
 
 def _sub_spacing(affine: np.ndarray, supersample: tuple[int, int, int]) -> float:

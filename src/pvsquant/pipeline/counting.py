@@ -2,7 +2,7 @@
 PVS detected on the GP-Unet attention map.
 
 The networks run on the region's crop cut to the smoothed mask's bounding box; the count
-is the sum over the counting mask (:func:`pvsquant.roi.count_mask`). Detection: connected
+is the sum over the counting mask (:func:`pvsquant.pipeline.roi.count_mask`). Detection: connected
 components of the attention map (see :func:`detect_pvs`).
 """
 from __future__ import annotations
@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputFileNotFoundError, InputImageError
+from ..errors import InputFileNotFoundError, InputImageError
+from ..grids import world_coordinates
+from ..labels import METHODS, NETWORKS
+from ..types import RegionCrop, Settings, Volume
 from .frangi import count_frangi
-from .grids import world_coordinates
 from .roi import count_mask
-from .types import RegionCrop, Settings, Volume
 
 log = logging.getLogger(__name__)
 
-MODELS = ("gpunet", "cnn", "frangi")
 """Model names in counts.tsv (stable)."""
 
 PRIMARY_MODEL: dict[str, str] = {
@@ -85,7 +85,7 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
     """
     import torch
 
-    from .models import build_model
+    from ..models import build_model
 
     torch.set_num_threads(threads)
     found: dict[tuple[str, str], Any] = {}
@@ -98,7 +98,7 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
                 state = torch.load(f, map_location="cpu", weights_only=True)
                 model = build_model(state["model"], state["width"], state.get("in_channels", 2))
                 model.load_state_dict(state["state_dict"])
-            except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
+            except Exception as exc:
                 raise InputImageError(f"{f}: not pvsquant weights ({type(exc).__name__}: {exc}); "
                                       "expected a file written by pvsquant train") from exc
             model.eval()
@@ -132,10 +132,11 @@ def detect_pvs(attention: np.ndarray, counting: np.ndarray, level: float = Setti
     peaks = ndimage.maximum_position(attention, components, index)
     labels = np.zeros(attention.shape, np.int32)
     found = []
-    for i, (mass, size, peak) in enumerate(zip(masses, sizes, peaks), start=1):
+    for i, (mass, size, peak) in enumerate(zip(masses, sizes, peaks, strict=False), start=1):
         if mass < min_mass or not counting[peak]:
             continue
-        found.append((tuple(int(v) for v in peak), float(attention[peak]), int(size), float(mass)))
+        centre = (int(peak[0]), int(peak[1]), int(peak[2]))
+        found.append((centre, float(attention[peak]), int(size), float(mass)))
         labels[components == i] = len(found)
     return labels, found
 
@@ -148,7 +149,7 @@ def _support_box(mask: np.ndarray, margin: int = 6, multiple: int = 4) -> tuple[
     size = hi - lo
     size = size + (-size) % multiple
     lo = np.maximum(np.minimum(lo, np.asarray(mask.shape) - size), 0)
-    return tuple(slice(int(a), int(a + s)) for a, s in zip(lo, size))
+    return tuple(slice(int(a), int(a + s)) for a, s in zip(lo, size, strict=False))
 
 
 @dataclass
@@ -156,7 +157,7 @@ class NetworkInput:
     """What the networks of a region see, cut to the mask's support ``box``, and the counting mask there.
 
     Three channels (the default networks): the unmasked T2 scaled to the region
-    (:func:`pvsquant.roi.scale_to_region`), its Frangi vesselness, and the region itself.
+    (:func:`pvsquant.pipeline.roi.scale_to_region`), its Frangi vesselness, and the region itself.
     Two channels (weights of pvsquant <= 0.1, the paper's input): the masked, min-max
     normalised T2 and the vesselness of that."""
 
@@ -220,7 +221,7 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_m
     counts: dict[str, float] = {"frangi": float(frangi.count)}
     seconds: dict[str, float] = {"frangi": round(time.perf_counter() - start, 3)}
     attention = np.zeros(image.shape, np.float32)
-    for name in ("gpunet", "cnn"):
+    for name in NETWORKS:
         model = models.get((crop.region, name))
         if model is None:
             raise KeyError(f"no {name} weights for region {crop.region}")
@@ -233,8 +234,9 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_m
             attention[box] = amap[0, 0].numpy()
     labels, found = detect_pvs(attention, counting, level, min_mass)
     affine = crop.image.affine
-    detections = [Detection(crop.region, tuple(float(v) for v in world_coordinates(affine, np.array([p]))[0]),
-                            peak, size) for p, peak, size, _ in found]  # type: ignore[misc]
+    centres = [world_coordinates(affine, np.array([p]))[0] for p, *_ in found]
+    detections = [Detection(crop.region, (float(c[0]), float(c[1]), float(c[2])), peak, size)
+                  for c, (_, peak, size, _) in zip(centres, found, strict=True)]
     return RegionCounts(crop.region, counts, Volume(attention, affine), detections, Volume(labels, affine),
                         Volume(frangi_labels, affine), seconds)
 
@@ -243,7 +245,7 @@ def counts_rows(results: dict[str, RegionCounts], regions: tuple[str, ...]) -> l
     """Rows of counts.tsv: every region x model; ``None`` (written n/a) where a region is empty."""
     rows = []
     for region in regions:
-        for model in MODELS:
+        for model in METHODS:
             value = results[region].counts.get(model) if region in results else None
             rows.append({"region": region, "model": model, "count": None if value is None else round(value, 2)})
     return rows
@@ -252,7 +254,7 @@ def counts_rows(results: dict[str, RegionCounts], regions: tuple[str, ...]) -> l
 def save_count_outputs(results: dict[str, RegionCounts], regions: tuple[str, ...], t2: Volume,
                        out_dir: Path) -> list[dict[str, Any]]:
     """counts.tsv/json, attention_<region>.nii.gz, pvs.nii.gz and pvs.tsv (T2 grid, world RAS+ mm)."""
-    from .io import save_volume, write_json
+    from ..io import save_volume, write_json
     from .roi import paste_back
 
     rows = counts_rows(results, regions)

@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 _HESSIAN_ORDERS = ((2, 0, 0), (1, 1, 0), (1, 0, 1), (0, 2, 0), (0, 1, 1), (0, 0, 2))
 _BLOCK = 1 << 18  # voxels per block of the eigenvalue step: keeps the temporaries in cache

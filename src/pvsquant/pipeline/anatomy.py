@@ -29,27 +29,25 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .errors import DependencyError, InputImageError, SegmentationError
-from .grids import reslice_affine, resample, resample_labels, world_coordinates
-from .types import Anatomy, Settings, Volume
+from ..errors import DependencyError, InputImageError, SegmentationError
+from ..grids import resample, resample_labels, reslice_affine, world_coordinates
+from ..labels import (
+    BRAINSTEM,
+    CAUDATE,
+    CORTEX,
+    HIPPOCAMPUS,
+    LATERAL_VENTRICLE,
+    MIDBRAIN,
+    PALLIDUM,
+    PUTAMEN,
+    THALAMUS,
+    WM,
+    WM_LESION,
+)
+from ..types import Anatomy, Settings, Volume
 
 log = logging.getLogger(__name__)
 
-# FreeSurfer look-up-table codes written to anatomy.nii.gz.
-WM = (2, 41)
-LATERAL_VENTRICLE = (4, 43)
-THALAMUS = (10, 49)
-CAUDATE = (11, 50)
-PUTAMEN = (12, 51)
-PALLIDUM = (13, 52)
-HIPPOCAMPUS = (17, 53)
-BRAINSTEM = 16
-MIDBRAIN = 173
-"""FreeSurferColorLUT 'Midbrain' (brainstem-substructures code)."""
-WM_LESION = 77
-"""FreeSurfer 'WM-hypointensities', used for white-matter lesions."""
-
-CORTEX = (3, 42)
 KEPT_CODES = (*WM, *CORTEX, *LATERAL_VENTRICLE, *THALAMUS, *CAUDATE, *PUTAMEN, *PALLIDUM, *HIPPOCAMPUS,
               BRAINSTEM, MIDBRAIN, WM_LESION)
 # Other aseg codes folded into the kept ones so that later stages see a consistent map.
@@ -110,7 +108,7 @@ def labels_from_file(labels: Volume, t1: Volume, settings: Settings) -> Anatomy:
     return Anatomy(labels=std, method="labels", superior_axis=superior)
 
 
-def _to_ants(volume: Volume):  # noqa: ANN202 - ants is imported lazily
+def _to_ants(volume: Volume):
     import ants
 
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
@@ -300,7 +298,7 @@ def _superior_axis_from_affine(affine_file: str) -> np.ndarray:
 
 def segment_with_samseg(t1: Volume, settings: Settings = Settings()) -> Anatomy:
     """Run FreeSurfer's SAMSEG on the T1 in a subprocess and read its segmentation."""
-    from .io import load_volume, save_volume
+    from ..io import load_volume, save_volume
 
     exe = os.environ.get("PVSQUANT_SAMSEG") or shutil.which("run_samseg")
     if not exe:

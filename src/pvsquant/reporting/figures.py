@@ -7,13 +7,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.lines import Line2D
 
-from .types import REGION_CODES, Volume  # noqa: E402
+from ..types import REGION_CODES, Volume
 
 REGION_COLOURS = {
     "centrum_semiovale": "#00e5ff",
@@ -54,7 +54,7 @@ def plot_regions_mosaic(t2: Volume, regions: Volume, path: str | Path, title: st
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.2, rows * 3.4), facecolor="black")
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
-    for ax, k in zip(np.atleast_1d(axes).ravel(), slices):
+    for ax, k in zip(np.atleast_1d(axes).ravel(), slices, strict=False):
         ax.imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
         for name, code in REGION_CODES.items():
             m = labels[:, :, k] == code
@@ -208,7 +208,7 @@ def plot_registration(t1: Volume, t2: Volume, t2_to_t1: np.ndarray, path: str | 
     """Registration check: edges of the registered T1 (red) over axial slices of the T2."""
     from skimage.feature import canny
 
-    from .grids import resample
+    from ..grids import resample
 
     t1_on_t2 = resample(t1, t2.affine, t2.shape, order=1, target_to_source_world=t2_to_t1)
     image, moving = to_ras(t2).astype(np.float32), to_ras(t1_on_t2).astype(np.float32)
@@ -219,7 +219,7 @@ def plot_registration(t1: Volume, t2: Volume, t2_to_t1: np.ndarray, path: str | 
     slices = np.linspace(lo, hi, n_slices + 2)[1:-1].round().astype(int)
     vmax = float(np.percentile(image[image > 0], 99.5)) if np.any(image > 0) else 1.0
     fig, axes = plt.subplots(1, n_slices, figsize=(3.2 * n_slices, 3.6), facecolor="black", squeeze=False)
-    for ax, k in zip(axes[0], slices):
+    for ax, k in zip(axes[0], slices, strict=False):
         ax.axis("off")
         ax.imshow(image[:, :, k].T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
         sl = moving[:, :, k]

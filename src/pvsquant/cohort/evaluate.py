@@ -4,7 +4,7 @@ Inputs: ``visual.tsv`` (subject, region, rater1, optional rater2, optional scann
 columns kept) and the counts, either ``pvsquant run`` output folders (folder name = subject)
 or one ``all_counts.tsv`` (subject, region, model, count).
 
-Per region, for GP-Unet, CNN, Frangi and rater2 against rater1 (:mod:`pvsquant.stats`):
+Per region, for GP-Unet, CNN, Frangi and rater2 against rater1 (:mod:`pvsquant.cohort.stats`):
 Pearson r with 95% CI and p, Spearman rho, ICC(A,1), MAE, Bland-Altman bias and limits;
 Williams' test between the methods' correlations with rater1; Bonferroni over all the
 tests of a table, as the paper's Table 2. Outputs: table_correlation.tsv, table_williams.tsv,
@@ -23,17 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from .counting import MODELS
-from .errors import InputFileNotFoundError, InputTableError
-from .io import atomic_output_dir
+from ..errors import InputFileNotFoundError, InputTableError
+from ..io import atomic_output_dir
+from ..labels import METHOD_TITLES
+from ..labels import METHODS as MODELS
+from ..types import REGION_CODES
 from .stats import agreement, bonferroni, pearson, williams_test
-from .types import REGION_CODES
 
 log = logging.getLogger(__name__)
 
-METHODS = MODELS + ("rater2",)
+METHODS = (*MODELS, "rater2")
 WILLIAMS_PAIRS = (("gpunet", "cnn"), ("gpunet", "frangi"), ("cnn", "frangi"))
-LABELS = {"gpunet": "GP-Unet", "cnn": "CNN", "frangi": "Frangi", "rater1": "rater 1", "rater2": "rater 2"}
+LABELS = {**METHOD_TITLES, "rater1": "rater 1", "rater2": "rater 2"}
 CORRELATION_COLUMNS = ("region", "method", "n", "pearson_r", "ci_low", "ci_high", "p", "spearman_rho", "icc", "mae",
                        "bias", "loa_low", "loa_high", "significant_bonferroni")
 WILLIAMS_COLUMNS = ("region", "method_a", "method_b", "r_a", "r_b", "r_ab", "t", "p", "significant_bonferroni")
@@ -103,8 +104,13 @@ def read_scores(path: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], list
         key = (row["subject"], region_name(row["region"], where))
         if key in scores:
             raise InputTableError(f"{where}: subject {key[0]} region {key[1]} appears twice")
-        scores[key] = {**row, "region": key[1], "rater1": _number(row["rater1"], where, "rater1"),
-                       "rater2": _number(row.get("rater2"), where, "rater2"), "scanner": row.get("scanner") or "unknown"}
+        scores[key] = {
+            **row,
+            "region": key[1],
+            "rater1": _number(row["rater1"], where, "rater1"),
+            "rater2": _number(row.get("rater2"), where, "rater2"),
+            "scanner": row.get("scanner") or "unknown",
+        }
     return scores, extra
 
 
@@ -153,20 +159,40 @@ def join(scores: dict, extra: list[str], counts: dict, synthetic: list[str] | No
     scored_regions = {r for _, r in scores}  # a region nobody scored (e.g. midbrain) is not a gap
     for subject, region in sorted(k for k in set(scores) | set(counts) if k[1] in scored_regions):
         score, values = scores.get((subject, region)), counts.get((subject, region))
-        if subject in both and (score is None or values is None or math.isnan(score["rater1"])
-                                or all(math.isnan(values.get(m, math.nan)) for m in MODELS)):
+        if subject in both and (
+            score is None
+            or values is None
+            or math.isnan(score["rater1"])
+            or all(math.isnan(values.get(m, math.nan)) for m in MODELS)
+        ):
             incomplete.append(f"{subject}/{region}")
         if score is None or values is None:
             continue
-        rows.append({"subject": subject, "region": region, "scanner": score["scanner"], "rater1": score["rater1"],
-                     "rater2": score["rater2"], **{m: values.get(m, math.nan) for m in MODELS},
-                     **{c: score.get(c, "") for c in extra}})
-    cohort = Cohort(rows, sorted(score_subjects - count_subjects), sorted(count_subjects - score_subjects),
-                    sorted(set(synthetic or []) & {r["subject"] for r in rows}), extra, incomplete)
+        rows.append(
+            {
+                "subject": subject,
+                "region": region,
+                "scanner": score["scanner"],
+                "rater1": score["rater1"],
+                "rater2": score["rater2"],
+                **{m: values.get(m, math.nan) for m in MODELS},
+                **{c: score.get(c, "") for c in extra},
+            }
+        )
+    cohort = Cohort(
+        rows,
+        sorted(score_subjects - count_subjects),
+        sorted(count_subjects - score_subjects),
+        sorted(set(synthetic or []) & {r["subject"] for r in rows}),
+        extra,
+        incomplete,
+    )
     if not rows:
-        raise InputTableError("no subject has both visual scores and counts (subject ids must match the result "
-                              f"folder names); scores: {', '.join(sorted(score_subjects)[:5])}...; counts: "
-                              f"{', '.join(sorted(count_subjects)[:5])}...")
+        raise InputTableError(
+            "no subject has both visual scores and counts (subject ids must match the result "
+            f"folder names); scores: {', '.join(sorted(score_subjects)[:5])}...; counts: "
+            f"{', '.join(sorted(count_subjects)[:5])}..."
+        )
     return cohort
 
 
@@ -185,7 +211,7 @@ def correlation_table(cohort: Cohort) -> list[dict[str, Any]]:
             a = agreement(values, reference)
             table.append({"region": region, "method": method, **{k: getattr(a, k) for k in CORRELATION_COLUMNS[2:-1]}})
     _, significant = bonferroni([row["p"] for row in table])
-    for row, sig in zip(table, significant):
+    for row, sig in zip(table, significant, strict=False):
         row["significant_bonferroni"] = bool(sig)
     return table
 
@@ -202,10 +228,11 @@ def williams_table(cohort: Cohort) -> list[dict[str, Any]]:
             ref, xa, xb = (np.array([r[k] for r in keep]) for k in ("rater1", a, b))
             r_a, r_b, r_ab = pearson(xa, ref)[0], pearson(xb, ref)[0], pearson(xa, xb)[0]
             t, p = williams_test(r_a, r_b, r_ab, len(keep))
-            table.append({"region": region, "method_a": a, "method_b": b, "r_a": r_a, "r_b": r_b, "r_ab": r_ab,
-                          "t": t, "p": p})
-    _, significant = bonferroni([row["p"] for row in table])
-    for row, sig in zip(table, significant):
+            table.append(
+                {"region": region, "method_a": a, "method_b": b, "r_a": r_a, "r_b": r_b, "r_ab": r_ab, "t": t, "p": p}
+            )
+    _, significant = bonferroni([float(row["p"]) for row in table])  # type: ignore[arg-type]
+    for row, sig in zip(table, significant, strict=False):
         row["significant_bonferroni"] = bool(sig)
     return table
 
@@ -237,16 +264,20 @@ def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 def cohort_notes(cohort: Cohort) -> list[str]:
     notes = []
     if cohort.synthetic_subjects:
-        notes.append(f"SYNTHETIC DEMO DATA: {len(cohort.synthetic_subjects)} of "
-                     f"{len({r['subject'] for r in cohort.rows})} subjects are synthetic cases whose 'visual scores' "
-                     "are known numbers of injected PVS, not a rater's scores.")
+        notes.append(
+            f"SYNTHETIC DEMO DATA: {len(cohort.synthetic_subjects)} of "
+            f"{len({r['subject'] for r in cohort.rows})} subjects are synthetic cases whose 'visual scores' "
+            "are known numbers of injected PVS, not a rater's scores."
+        )
     if cohort.only_in_scores:
         notes.append(f"Subjects with visual scores but no counts (left out): {', '.join(cohort.only_in_scores)}")
     if cohort.only_in_counts:
         notes.append(f"Subjects with counts but no visual scores (left out): {', '.join(cohort.only_in_counts)}")
     if cohort.incomplete_pairs:
-        notes.append("Subject/region pairs without a score or without a count (empty region, n/a; left out of that "
-                     f"region): {', '.join(cohort.incomplete_pairs)}")
+        notes.append(
+            "Subject/region pairs without a score or without a count (empty region, n/a; left out of that "
+            f"region): {', '.join(cohort.incomplete_pairs)}"
+        )
     return notes
 
 
@@ -254,15 +285,24 @@ def summary_markdown(cohort: Cohort, correlation: list[dict], williams: list[dic
     n_subjects = len({r["subject"] for r in cohort.rows})
     parts = ["# PVS counts against visual scores", ""]
     parts += [f"> {note}\n" for note in cohort_notes(cohort)]
-    parts += [f"{n_subjects} subjects, {len(cohort.rows)} subject-region pairs. All methods against rater 1. "
-              f"ICC is {ICC_FORM}. Bland-Altman: bias = mean(method - rater1), limits = bias -/+ 1.96 SD. "
-              f"Bonferroni over the {sum(not math.isnan(r['p']) for r in correlation)} correlation tests; "
-              "significant Pearson r in bold (as the paper's Table 2).", "",
-              "## Correlation with rater 1", "", markdown_table(correlation, CORRELATION_COLUMNS), "",
-              "## Williams' test between dependent correlations", "",
-              f"t with n - 3 degrees of freedom (Steiger 1980, eq. 7); Bonferroni over the "
-              f"{sum(not math.isnan(r['p']) for r in williams)} tests.", "",
-              markdown_table(williams, WILLIAMS_COLUMNS), ""]
+    parts += [
+        f"{n_subjects} subjects, {len(cohort.rows)} subject-region pairs. All methods against rater 1. "
+        f"ICC is {ICC_FORM}. Bland-Altman: bias = mean(method - rater1), limits = bias -/+ 1.96 SD. "
+        f"Bonferroni over the {sum(not math.isnan(r['p']) for r in correlation)} correlation tests; "
+        "significant Pearson r in bold (as the paper's Table 2).",
+        "",
+        "## Correlation with rater 1",
+        "",
+        markdown_table(correlation, CORRELATION_COLUMNS),
+        "",
+        "## Williams' test between dependent correlations",
+        "",
+        f"t with n - 3 degrees of freedom (Steiger 1980, eq. 7); Bonferroni over the "
+        f"{sum(not math.isnan(r['p']) for r in williams)} tests.",
+        "",
+        markdown_table(williams, WILLIAMS_COLUMNS),
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -291,7 +331,14 @@ def plot_scatter(cohort: Cohort, path: Path) -> Path:
             for scanner in scanners:
                 sel = [(x, y) for x, y, s in pts if s == scanner]
                 if sel:
-                    ax.scatter(*zip(*sel), s=22, color=colours[scanner], label=scanner, edgecolor="k", linewidth=0.3)
+                    ax.scatter(
+                        *zip(*sel, strict=False),
+                        s=22,
+                        color=colours[scanner],
+                        label=scanner,
+                        edgecolor="k",
+                        linewidth=0.3,
+                    )
             x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
             lo, hi = min(x.min(), y.min(), 0), max(x.max(), y.max()) * 1.05 + 1e-9
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
@@ -322,36 +369,51 @@ def html_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str],
             bold = c == "pearson_r" and row.get("significant_bonferroni")
             cells.append(f"<td>{'<b>' + text + '</b>' if bold else text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<div style='overflow-x:auto'><table id='{table_id}' style='font-size:0.85em'><tr>{head}</tr>"
-            f"{''.join(body)}</table></div>")
+    return (
+        f"<div style='overflow-x:auto'><table id='{table_id}' style='font-size:0.85em'><tr>{head}</tr>"
+        f"{''.join(body)}</table></div>"
+    )
 
 
 def evaluation_html(cohort: Cohort, correlation: list[dict], williams: list[dict], figure: Path) -> str:
-    from .report import STYLE, embed_png
+    from ..reporting.report import STYLE, embed_png
 
     notes = "".join(f"<div class='banner'>{html.escape(n)}</div>" for n in cohort_notes(cohort))
     data_columns = ["subject", "region", "scanner", "rater1", "rater2", *MODELS, *cohort.extra_columns]
-    return "\n".join([
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>PVS evaluation</title>"
-        f"<style>{STYLE}</style></head><body><h1>PVS counts against visual scores</h1>", notes,
-        f"<p>{len({r['subject'] for r in cohort.rows})} subjects. All methods against rater 1. ICC is "
-        f"{html.escape(ICC_FORM)}. Significant Pearson r after Bonferroni correction in bold.</p>",
-        "<h2>Correlation with rater 1</h2>", html_table(correlation, CORRELATION_COLUMNS, "correlation"),
-        "<h2>Williams' test</h2>", html_table(williams, WILLIAMS_COLUMNS, "williams"),
-        f"<h2>Scatter plots</h2><figure><img alt='scatter' src='{embed_png(figure)}'><figcaption>Per region: "
-        "rater 1 against GP-Unet, CNN and rater 2, and GP-Unet against CNN; colours are scanners; dashed: identity."
-        "</figcaption></figure>",
-        "<h2>Data</h2>", html_table(cohort.rows, data_columns, "data"), "</body></html>"])
+    return "\n".join(
+        [
+            f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>PVS evaluation</title>"
+            f"<style>{STYLE}</style></head><body><h1>PVS counts against visual scores</h1>",
+            notes,
+            f"<p>{len({r['subject'] for r in cohort.rows})} subjects. All methods against rater 1. ICC is "
+            f"{html.escape(ICC_FORM)}. Significant Pearson r after Bonferroni correction in bold.</p>",
+            "<h2>Correlation with rater 1</h2>",
+            html_table(correlation, CORRELATION_COLUMNS, "correlation"),
+            "<h2>Williams' test</h2>",
+            html_table(williams, WILLIAMS_COLUMNS, "williams"),
+            f"<h2>Scatter plots</h2><figure><img alt='scatter' src='{embed_png(figure)}'><figcaption>Per region: "
+            "rater 1 against GP-Unet, CNN and rater 2, and GP-Unet against CNN; colours are scanners; dashed: identity."
+            "</figcaption></figure>",
+            "<h2>Data</h2>",
+            html_table(cohort.rows, data_columns, "data"),
+            "</body></html>",
+        ]
+    )
 
 
-def evaluate_cohort(scores_path: Path, out_dir: Path, results: list[Path] | None = None,
-                    counts_path: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+def evaluate_cohort(
+    scores_path: Path,
+    out_dir: Path,
+    results: list[Path] | None = None,
+    counts_path: Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Read, compare and write every output of ``pvsquant evaluate`` into ``out_dir`` (atomically)."""
     if bool(results) == bool(counts_path):
         raise InputTableError("give either result folders or one counts table, not both or neither")
     scores, extra = read_scores(Path(scores_path))
     if counts_path:
-        counts, synthetic = read_counts_table(Path(counts_path)), []
+        counts, synthetic = read_counts_table(Path(counts_path)), list[Any]()
     else:
         counts, synthetic = read_results([Path(r) for r in results or []])
     cohort = join(scores, extra, counts, synthetic)

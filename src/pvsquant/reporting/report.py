@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .types import REGION_CODES
+from ..labels import METHOD_TITLES, REGION_CODES
 
-MODEL_LABELS = {"gpunet": "GP-Unet", "cnn": "CNN", "frangi": "Frangi baseline"}
+MODEL_LABELS = {**METHOD_TITLES, "frangi": "Frangi baseline"}
 POTTER_REGIONS = ("centrum_semiovale", "basal_ganglia")
 FIGURES = (
     ("regions.png", "Counting regions outlined on the T2"),
@@ -25,7 +25,8 @@ FIGURES = (
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1150px;
        color: #1d1d1f; background: #fff; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; padding-top: 0.6em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; padding-top: 0.6em; }
 table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; }
 th { background: #f2f2f2; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .status { display: inline-block; padding: 2px 12px; border-radius: 10px; color: #fff; font-weight: bold; }
@@ -66,14 +67,19 @@ def counts_table(qc: dict[str, Any]) -> str:
     rows = [f"<tr><th>region</th><th>PVS count</th>{head}<th>detected PVS</th><th>category</th></tr>"]
     for region in REGION_CODES:
         main = primary.get(region, {"model": "gpunet", "count": counts.get((region, "gpunet"))})
-        cells = "".join(f'<td class="num">{_fmt(counts.get((region, m)), 0 if m == "frangi" else 1)}</td>'
-                        for m in MODEL_LABELS)
+        cells = "".join(
+            f'<td class="num">{_fmt(counts.get((region, m)), 0 if m == "frangi" else 1)}</td>' for m in MODEL_LABELS
+        )
         category = potter_category(main["count"]) if region in POTTER_REGIONS else None
-        result = (f'<td class="num"><b>{_fmt(main["count"], 0 if main["model"] == "frangi" else 1)}</b> '
-                  f'<span class="note">({_esc(MODEL_LABELS.get(main["model"], main["model"]))})</span></td>')
-        rows.append(f"<tr><td>{region.replace('_', ' ')}</td>{result}{cells}"
-                    f'<td class="num">{_esc(detected.get(region, "n/a"))}</td>'
-                    f'<td class="num">{"" if category is None else category}</td></tr>')
+        result = (
+            f'<td class="num"><b>{_fmt(main["count"], 0 if main["model"] == "frangi" else 1)}</b> '
+            f'<span class="note">({_esc(MODEL_LABELS.get(main["model"], main["model"]))})</span></td>'
+        )
+        rows.append(
+            f"<tr><td>{region.replace('_', ' ')}</td>{result}{cells}"
+            f'<td class="num">{_esc(detected.get(region, "n/a"))}</td>'
+            f'<td class="num">{"" if category is None else category}</td></tr>'
+        )
     return '<table id="counts">' + "".join(rows) + "</table>"
 
 
@@ -88,8 +94,12 @@ def header_table(qc: dict[str, Any]) -> str:
         ("T2 voxel size (mm)", " x ".join(f"{v:g}" for v in (inputs.get("t2") or {}).get("spacing_mm", []))),
         ("processed", qc.get("date", "unknown")),
         ("software", f"pvsquant {qc.get('pvsquant_version')}, torch {qc.get('versions', {}).get('torch', '?')}"),
-        ("network weights", "shipped (synthetic training, see MODEL_CARD.md)" if not user
-         else "your own from " + ", ".join(user) + " (the shipped weights fill the rest)"),
+        (
+            "network weights",
+            "shipped (synthetic training, see MODEL_CARD.md)"
+            if not user
+            else "your own from " + ", ".join(user) + " (the shipped weights fill the rest)",
+        ),
         ("weights (sha256)", ", ".join(f"{k} {v}" for k, v in qc.get("model_versions", {}).items()) or "unknown"),
         ("anatomy", qc.get("anatomy", {}).get("method")),
         ("total run time", f"{qc.get('timings_s', {}).get('total', float('nan')):.0f} s"),
@@ -109,35 +119,50 @@ def build_report(out_dir: Path) -> str:
     """The HTML text of ``out_dir``'s report."""
     qc = json.loads((out_dir / "qc.json").read_text())
     volumes = qc.get("regions", {}).get("volumes_ml", {})
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>PVS report: {_esc(qc.get('subject'))}</title><style>{STYLE}</style></head><body>",
-             f"<h1>Enlarged perivascular spaces: {_esc(qc.get('subject'))}</h1>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>PVS report: {_esc(qc.get('subject'))}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Enlarged perivascular spaces: {_esc(qc.get('subject'))}</h1>",
+    ]
     synthetic = qc.get("synthetic")
     if synthetic:
-        parts.append(f"<div class='banner' id='synthetic'><b>Synthetic case</b> (demo cohort): "
-                     f"{_esc(synthetic.get('description', ''))}</div>")
-    parts += [header_table(qc), "<h2>Quality control</h2>", qc_section(qc),
-              "<h2>PVS counts</h2>", counts_table(qc),
-              "<p class='note'>Counts are numbers of PVS in the whole 3D region (GP-Unet and CNN: sum of the "
-              "network's output; Frangi: connected components of a vesselness filter). <b>PVS count</b> is the "
-              "result of each region: the method that did best on pvsquant's counting benchmark for that region "
-              "(MODEL_CARD.md); the other columns are secondary. The category applies the "
-              "Potter et al. (2015) bands (0 none, 1: 1-10, 2: 11-20, 3: 21-40, 4: &gt;40) to that count; "
-              "a rater applies them to one slice, so it is indicative, not a rating. The networks were trained on "
-              "synthetic PVS only and are not calibrated against visual scores (see <code>pvsquant finetune</code>)."
-              " Research use; not for diagnosis.</p>",
-              "<table><tr><th>region</th><th>volume (ml)</th></tr>"
-              + "".join(f"<tr><td>{_esc(k.replace('_', ' '))}</td><td class='num'>{v:.1f}</td></tr>"
-                        for k, v in volumes.items()) + "</table>",
-              "<h2>Figures</h2>"]
+        parts.append(
+            f"<div class='banner' id='synthetic'><b>Synthetic case</b> (demo cohort): "
+            f"{_esc(synthetic.get('description', ''))}</div>"
+        )
+    parts += [
+        header_table(qc),
+        "<h2>Quality control</h2>",
+        qc_section(qc),
+        "<h2>PVS counts</h2>",
+        counts_table(qc),
+        "<p class='note'>Counts are numbers of PVS in the whole 3D region (GP-Unet and CNN: sum of the "
+        "network's output; Frangi: connected components of a vesselness filter). <b>PVS count</b> is the "
+        "result of each region: the method that did best on pvsquant's counting benchmark for that region "
+        "(MODEL_CARD.md); the other columns are secondary. The category applies the "
+        "Potter et al. (2015) bands (0 none, 1: 1-10, 2: 11-20, 3: 21-40, 4: &gt;40) to that count; "
+        "a rater applies them to one slice, so it is indicative, not a rating. The networks were trained on "
+        "synthetic PVS only and are not calibrated against visual scores (see <code>pvsquant finetune</code>)."
+        " Research use; not for diagnosis.</p>",
+        "<table><tr><th>region</th><th>volume (ml)</th></tr>"
+        + "".join(
+            f"<tr><td>{_esc(k.replace('_', ' '))}</td><td class='num'>{v:.1f}</td></tr>" for k, v in volumes.items()
+        )
+        + "</table>",
+        "<h2>Figures</h2>",
+    ]
     for name, caption in FIGURES:
         if (out_dir / name).is_file():
-            parts.append(f"<figure><img alt='{_esc(name)}' src='{embed_png(out_dir / name)}'>"
-                         f"<figcaption>{_esc(caption)} ({_esc(name)})</figcaption></figure>")
+            parts.append(
+                f"<figure><img alt='{_esc(name)}' src='{embed_png(out_dir / name)}'>"
+                f"<figcaption>{_esc(caption)} ({_esc(name)})</figcaption></figure>"
+            )
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in qc.get("timings_s", {}).items())
-    parts.append(f"<h2>Run</h2><p class='note'>Stage times: {_esc(timings)}. Peak memory "
-                 f"{qc.get('peak_memory_mb', float('nan')):.0f} MB. Every number above is in qc.json, counts.tsv "
-                 "and pvs.tsv next to this file.</p></body></html>")
+    parts.append(
+        f"<h2>Run</h2><p class='note'>Stage times: {_esc(timings)}. Peak memory "
+        f"{qc.get('peak_memory_mb', float('nan')):.0f} MB. Every number above is in qc.json, counts.tsv "
+        "and pvs.tsv next to this file.</p></body></html>"
+    )
     return "\n".join(parts)
 
 

@@ -27,8 +27,9 @@ from scipy import ndimage
 
 from .grids import resample_labels, world_coordinates
 from .io import atomic_output_dir
-from .synthesis import tube_occupancy
-from .trainingdata import LATERAL_VENTRICLES, AnatomyMap, pvs_tubes, spaced_points
+from .labels import LATERAL_VENTRICLE
+from .learning.synthesis import tube_occupancy
+from .learning.trainingdata import AnatomyMap, pvs_tubes, spaced_points
 from .types import REGION_CODES, Settings, SubjectInputs, Volume
 
 log = logging.getLogger(__name__)
@@ -44,17 +45,17 @@ def injection_landmarks(prep: Any) -> tuple[float, np.ndarray]:
     t2, regions, transform = prep.t2, prep.regions, prep.transform
     on_t2 = resample_labels(prep.anatomy.labels, t2.affine, t2.shape, target_to_source_world=transform.t2_to_t1,
                             smooth=False).array
-    csf = float(np.percentile(t2.array[np.isin(on_t2, LATERAL_VENTRICLES)], 90))
+    csf = float(np.percentile(t2.array[np.isin(on_t2, LATERAL_VENTRICLE)], 90))
     on_work = resample_labels(prep.anatomy.labels, regions.work.affine, regions.work.shape,
                               target_to_source_world=transform.t2_to_t1, smooth=False).array
-    ventricles = np.argwhere(np.isin(on_work, LATERAL_VENTRICLES))
+    ventricles = np.argwhere(np.isin(on_work, LATERAL_VENTRICLE))
     return csf, world_coordinates(regions.work.affine, ventricles.mean(axis=0)[None])[0]
 
 
 def inject_pvs(t2: Volume, regions: Any, n_per_region: dict[str, int], csf: float, ventricle_centre: np.ndarray,
                rng: np.random.Generator) -> tuple[Volume, dict[str, list]]:
     """The T2 with ``n_per_region[region]`` synthetic PVS in each region (centres >= 2.5 mm apart,
-    shapes and orientations of :data:`pvsquant.trainingdata.PVS_SHAPES`, brightness 0.85-1.0 x
+    shapes and orientations of :data:`pvsquant.learning.trainingdata.PVS_SHAPES`, brightness 0.85-1.0 x
     ``csf``, partial volume from 2 x 2 x 8 sub-samples per voxel); returns the tubes per region."""
     amap = AnatomyMap("real", regions.work, regions.work, ventricle_centre, regions.superior_axis_t2)
     image = t2.array.astype(np.float32).copy()
@@ -83,9 +84,9 @@ def simulate_scanner(t2: Volume, scanner: str, csf: float, rng: np.random.Genera
         image = np.hypot(image + rng.normal(0, sigma, image.shape), rng.normal(0, sigma, image.shape))
     elif scanner.startswith("C"):
         slice_axis = int(np.argmax(t2.spacing_mm))
-        sigma = np.full(3, 0.7)
-        sigma[slice_axis] = 0.6
-        image = ndimage.gaussian_filter(image, sigma)
+        blur = np.full(3, 0.7)
+        blur[slice_axis] = 0.6
+        image = ndimage.gaussian_filter(image, blur)
     return t2.with_array(image.astype(np.float32))
 
 
@@ -95,7 +96,7 @@ def demo_case_plan(n_cases: int, seed: int) -> list[dict[str, Any]]:
     plan = []
     for i in range(n_cases):
         counts = {r: int(rng.integers(lo, hi + 1)) for r, (lo, hi) in DEMO_RANGES.items()}
-        rater2 = {r: max(0, int(round(n * rng.uniform(0.8, 1.2) + rng.normal(0, 1.5)))) for r, n in counts.items()}
+        rater2 = {r: max(0, round(n * rng.uniform(0.8, 1.2) + rng.normal(0, 1.5))) for r, n in counts.items()}
         plan.append({"subject": f"synth-{i + 1:02d}", "scanner": SCANNERS[i % len(SCANNERS)], "injected": counts,
                      "rater2": rater2, "seed": [seed, i + 1]})
     return plan
@@ -118,7 +119,7 @@ def make_demo_cohort(out_dir: Path, inputs: SubjectInputs, n_cases: int = 12, se
     """``out_dir/results/<subject>`` for the example and each synthetic case, and ``out_dir/visual.tsv``.
 
     Resumable: a case whose folder already holds a qc.json is kept (the same seed makes the same case)."""
-    from .pipeline import StageTimer, prepare_subject, quantify_subject
+    from .pipeline.run import StageTimer, prepare_subject, quantify_subject
 
     out_dir = Path(out_dir)
     results = out_dir / "results"

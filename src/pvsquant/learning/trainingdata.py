@@ -16,8 +16,8 @@ One sample, from a SynthSeg label map (anatomy) and a random generator:
    CSF-bright), flow voids (dark tubes).
 5. Bias field; clinical acquisition: slice profile (Gaussian, FWHM = slice thickness
    3-7 mm), slice gap 0-1 mm, in-plane resolution 0.4-0.7 mm, Rician noise.
-6. The pipeline's own code: :func:`pvsquant.roi.network_grid` and :func:`pvsquant.grids.resample`
-   to 0.5 x 0.5 x 0.8 mm, then :func:`pvsquant.roi.scale_to_region` (the unmasked T2 scaled to
+6. The pipeline's own code: :func:`pvsquant.pipeline.roi.network_grid` and :func:`pvsquant.grids.resample`
+   to 0.5 x 0.5 x 0.8 mm, then :func:`pvsquant.pipeline.roi.scale_to_region` (the unmasked T2 scaled to
    the region's median; the region itself is the networks' third channel). Patches are centred
    anywhere within 8 mm of the region, so the borders (cortex, sulci, ventricles, cisterns)
    enter them with a zero label.
@@ -38,20 +38,30 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import labels_from_file
-from .grids import resample, voxel_indices, world_coordinates
-from .io import load_volume
-from .regions import make_regions
-from .roi import box_grid, count_mask, network_grid, scale_to_region
-from .synthesis import (CSF_CODES, WM_CODES, Tube, bias_field, blob_occupancy, paint, perturb_direction,
-                        random_rotation, t2_intensities, tube_occupancy)
-from .types import REGION_CODES, RigidTransform, Settings, Volume
+from ..grids import resample, voxel_indices, world_coordinates
+from ..io import load_volume
+from ..labels import LATERAL_VENTRICLE
+from ..pipeline.anatomy import labels_from_file
+from ..pipeline.regions import make_regions
+from ..pipeline.roi import box_grid, count_mask, network_grid, scale_to_region
+from ..types import REGION_CODES, RigidTransform, Settings, Volume
+from .synthesis import (
+    CSF_CODES,
+    WM_CODES,
+    Tube,
+    bias_field,
+    blob_occupancy,
+    paint,
+    perturb_direction,
+    random_rotation,
+    t2_intensities,
+    tube_occupancy,
+)
 
 PATCH_SHAPE = (64, 64, 40)
 """Training patch in voxels of the 0.5 x 0.5 x 0.8 mm grid (32 mm cube)."""
 DENSITY_SIGMA_MM = 0.8
 FINE_MM = 0.5
-LATERAL_VENTRICLES = (4, 43)
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,7 @@ def prepare_map(path: str | Path, settings: Settings = Settings()) -> AnatomyMap
     anatomy = labels_from_file(labels, labels, settings)
     identity = RigidTransform(np.eye(4), 0.0, 0.0)
     regions = make_regions(anatomy, identity, labels.with_array(labels.array.astype(np.float32)), settings)
-    vent = np.argwhere(np.isin(anatomy.labels.array, LATERAL_VENTRICLES))
+    vent = np.argwhere(np.isin(anatomy.labels.array, LATERAL_VENTRICLE))
     centre = world_coordinates(labels.affine, vent.mean(axis=0)[None])[0]
     return AnatomyMap(Path(path).name.split(".")[0], anatomy.labels, regions.work, centre,
                       np.asarray(anatomy.superior_axis, float))
@@ -258,7 +268,7 @@ def make_sample(amap: AnatomyMap, region: str, rng: np.random.Generator, setting
     table = t2_intensities(np.unique(labels), rng)
     image = paint(labels, table, rng)
     wm = table.get(2, table.get(41, 0.3))
-    csf = max(table.get(c, 0.0) for c in CSF_CODES + (0,)) or 0.95
+    csf = max(table.get(c, 0.0) for c in (*CSF_CODES, 0)) or 0.95
 
     # 3. PVS
     lo, hi = centre - half_patch - 4.0, centre + half_patch + 4.0
@@ -326,7 +336,7 @@ def sample_rng(seed: int, region: str, index: int) -> np.random.Generator:
 
 def default_label_maps() -> list[Path]:
     """The SynthSeg training label maps (Apache-2.0) in ../shared/data, or $PVSQUANT_LABEL_MAPS."""
-    root = Path(os.environ.get("PVSQUANT_LABEL_MAPS", Path(__file__).resolve().parents[3]
+    root = Path(os.environ.get("PVSQUANT_LABEL_MAPS", Path(__file__).resolve().parents[4]
                                / "shared" / "data" / "SynthSeg" / "data" / "training_label_maps"))
     maps = sorted(root.glob("*.nii*"))
     if not maps:

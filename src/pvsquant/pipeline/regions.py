@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from . import anatomy as an
-from .grids import ball, reslice_affine, resample, resample_labels, voxel_indices, world_coordinates
-from .types import REGION_CODES, Anatomy, QCFlag, RigidTransform, Settings, Volume
+from .. import labels as fs
+from ..grids import ball, resample, resample_labels, reslice_affine, voxel_indices, world_coordinates
+from ..types import REGION_CODES, Anatomy, QCFlag, RigidTransform, Settings, Volume
 
 EXPECTED_VOLUME_ML = {
     "centrum_semiovale": (40.0, 300.0),
@@ -97,13 +97,13 @@ def inside_field_of_view(affine: np.ndarray, shape: tuple[int, ...], image: Volu
 
 def basal_ganglia_mask(labels: np.ndarray, spacing_mm: np.ndarray, closing_mm: float) -> np.ndarray:
     """Deep grey nuclei plus the white matter (internal capsule) that closing them adds."""
-    nuclei = np.isin(labels, an.CAUDATE + an.PUTAMEN + an.PALLIDUM + an.THALAMUS)
+    nuclei = np.isin(labels, fs.CAUDATE + fs.PUTAMEN + fs.PALLIDUM + fs.THALAMUS)
     if not nuclei.any():
         return nuclei
     element = ball(closing_mm, spacing_mm)
     pad = max(element.shape)
     closed = ndimage.binary_closing(np.pad(nuclei, pad), structure=element)[pad:-pad, pad:-pad, pad:-pad]
-    capsule = closed & np.isin(labels, an.WM)
+    capsule = closed & np.isin(labels, fs.WM)
     return nuclei | capsule
 
 
@@ -121,19 +121,19 @@ def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settin
     regions = np.zeros(shape, dtype=np.uint8)
     flags: list[QCFlag] = []
 
-    caudate = np.isin(labels, an.CAUDATE)
+    caudate = np.isin(labels, fs.CAUDATE)
     caudate_top = None
     if caudate.any():
         height = heights_mm(affine, shape, superior)
         caudate_top = float(height[caudate].max())
         low = caudate_top + settings.cso_offset_mm
         high = low + settings.cso_slab_thickness_mm
-        cso = np.isin(labels, an.WM + (an.WM_LESION,)) & (height >= low) & (height < high)
+        cso = np.isin(labels, (*fs.WM, fs.WM_LESION)) & (height >= low) & (height < high)
         regions[cso] = REGION_CODES["centrum_semiovale"]
         del height
     regions[basal_ganglia_mask(labels, spacing, settings.basal_ganglia_closing_mm)] = REGION_CODES["basal_ganglia"]
-    regions[np.isin(labels, an.HIPPOCAMPUS)] = REGION_CODES["hippocampi"]
-    regions[labels == an.MIDBRAIN] = REGION_CODES["midbrain"]
+    regions[np.isin(labels, fs.HIPPOCAMPUS)] = REGION_CODES["hippocampi"]
+    regions[labels == fs.MIDBRAIN] = REGION_CODES["midbrain"]
 
     # The T1 may cover more than the T2: what lies outside the T2's field of view is dropped.
     vox_ml = settings.work_spacing_mm ** 3 / 1000.0

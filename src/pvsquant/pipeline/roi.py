@@ -12,14 +12,15 @@ computed on it pastes back with :func:`paste_back`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .grids import ball, resample, voxel_indices, world_coordinates
+from ..grids import ball, resample, voxel_indices, world_coordinates
+from ..types import REGION_CODES, RegionCrop, Settings, Volume
 from .regions import Regions
-from .types import REGION_CODES, RegionCrop, Settings, Volume
 
 
 def network_grid(t2: Volume, spacing_mm: tuple[float, float, float]) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -62,11 +63,11 @@ def crop_region(t2: Volume, regions: Regions, region: str, settings: Settings = 
         return None
     spacing = np.asarray(settings.target_spacing_mm, dtype=float)
     grid_affine, _ = network_grid(t2, settings.target_spacing_mm)
-    box_shape = tuple(int(round(m / s)) for m, s in zip(settings.roi_box_mm[region], spacing))
+    box_shape = tuple(round(m / s) for m, s in zip(settings.roi_box_mm[region], spacing, strict=False))
 
     world = world_coordinates(work.affine, idx)
     centre = (world.min(axis=0) + world.max(axis=0)) / 2.0  # bounding-box centre
-    box_affine, start = box_grid(grid_affine, centre, box_shape)  # type: ignore[arg-type]
+    box_affine, start = box_grid(grid_affine, centre, box_shape)
     in_box = voxel_indices(box_affine, world)
     clipped = bool(np.any(in_box < -0.5) or np.any(in_box > np.asarray(box_shape) - 0.5))
 
@@ -76,7 +77,7 @@ def crop_region(t2: Volume, regions: Regions, region: str, settings: Settings = 
     normalised, soft = normalise_in_mask(image, inside, spacing, settings)
     scaled = scale_to_region(image, inside, settings)
     return RegionCrop(region=region, image=Volume(normalised, box_affine), mask=Volume(soft, box_affine),
-                      grid_affine=grid_affine, box_start=start, box_shape=box_shape,  # type: ignore[arg-type]
+                      grid_affine=grid_affine, box_start=start, box_shape=box_shape,
                       clipped=clipped, region_mask=Volume(inside, box_affine), t2=Volume(scaled, box_affine))
 
 
@@ -144,7 +145,7 @@ def save_crop(crop: RegionCrop, roi_dir: Path) -> None:
     """``<region>.nii.gz`` (the paper's masked input), ``<region>_mask.nii.gz`` (smoothed mask),
     ``<region>_region.nii.gz`` (the region itself) and ``<region>_t2.nii.gz`` (the unmasked,
     region-scaled T2 the networks see) in ``roi_dir``."""
-    from .io import save_volume
+    from ..io import save_volume
 
     save_volume(crop.image, roi_dir / f"{crop.region}.nii.gz", dtype=np.float32)
     save_volume(crop.mask, roi_dir / f"{crop.region}_mask.nii.gz", dtype=np.float32)
@@ -157,12 +158,12 @@ def save_crop(crop: RegionCrop, roi_dir: Path) -> None:
 
 def _read_map(path: Path, what: str) -> Volume:
     """A map pvsquant wrote itself (no brain-size checks: crops are small)."""
-    from .errors import InputImageError
+    from ..errors import InputImageError
 
     try:
-        img = nib.load(str(path))
+        img = cast(nib.Nifti1Image, nib.load(str(path)))
         return Volume(np.asarray(img.dataobj, dtype=np.float32), img.affine, path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
+    except Exception as exc:
         raise InputImageError(f"{what} {path} is unreadable ({type(exc).__name__}: {exc}); "
                               "re-run pvsquant run for this subject") from exc
 

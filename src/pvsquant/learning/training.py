@@ -1,4 +1,4 @@
-"""Training of the counting networks on synthetic patches (:mod:`pvsquant.trainingdata`).
+"""Training of the counting networks on synthetic patches (:mod:`pvsquant.learning.trainingdata`).
 
 * GP-Unet: supervised with the density map (where each PVS is), a weak count term
   (calibration) and a voxel-wise segmentation of the PVS axes (class-balanced cross-entropy on
@@ -19,15 +19,15 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import __version__
-from .models import build_model
-from .types import REGION_CODES
+from .. import __version__
+from ..models import build_model
+from ..types import REGION_CODES
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,12 @@ def load_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarr
 
 def network_channels(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """The networks' second input for each cached sample: the Frangi vesselness of the unmasked,
-    region-scaled T2, exactly as ``pvsquant run`` computes it (:func:`pvsquant.counting.network_input`)."""
-    from .frangi import FrangiSettings, region_vesselness
+    region-scaled T2, exactly as ``pvsquant run`` computes it (:func:`pvsquant.pipeline.counting.network_input`)."""
+    from ..pipeline.frangi import FrangiSettings, region_vesselness
 
     settings = FrangiSettings(fill_outside=False)
     return np.stack([region_vesselness(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8), settings)
-                     for i, m in zip(images, masks)]).astype(np.float16)
+                     for i, m in zip(images, masks, strict=False)]).astype(np.float16)
 
 
 def stack_channels(image: np.ndarray, vesselness: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -103,8 +103,8 @@ class PatchBatches:
         idx = self.rng.integers(0, len(self.data["image"]), batch_size)
         out: dict[str, list[np.ndarray]] = {"image": [], "vesselness": [], "mask": [], "density": []}
         for i in idx:
-            start = [int(self.rng.integers(0, f - c + 1)) for f, c in zip(self.full, self.crop)]
-            sl = (i,) + tuple(slice(s, s + c) for s, c in zip(start, self.crop))
+            start = [int(self.rng.integers(0, f - c + 1)) for f, c in zip(self.full, self.crop, strict=False)]
+            sl = (i, *tuple(slice(s, s + c) for s, c in zip(start, self.crop, strict=False)))
             flips = [a for a in (0, 1) if self.rng.uniform() < 0.5]
             for key in out:
                 arr = self.data[key][sl].astype(np.float32)
@@ -112,7 +112,7 @@ class PatchBatches:
         image = torch.from_numpy(stack_channels(np.stack(out["image"]), np.stack(out["vesselness"]),
                                                 np.stack(out["mask"])))
         mask, density = (torch.from_numpy(np.stack(out[k]))[:, None] for k in ("mask", "density"))
-        from .roi import count_mask  # the same counting mask as at inference
+        from ..pipeline.roi import count_mask  # the same counting mask as at inference
 
         counting = torch.from_numpy(np.stack([count_mask(m[0].numpy() > 0.5, (0.5, 0.5, 0.8)) for m in mask]))
         counting = counting[:, None].float()
@@ -128,7 +128,7 @@ def loss_terms(model: torch.nn.Module, pred_count: torch.Tensor, attention: torc
         density_term = ((attention - density) ** 2).mean()
         on_axis = (density > settings.segment_threshold).float()
         positive = float(on_axis.mean().clamp(1e-4, 0.5))
-        segment_term = F.binary_cross_entropy_with_logits(model.gate_logit, on_axis,
+        segment_term = F.binary_cross_entropy_with_logits(cast(torch.Tensor, model.gate_logit), on_axis,
                                                           pos_weight=torch.tensor(((1 - positive) / positive) ** 0.5))
         loss = (settings.density_weight * density_term + settings.count_weight * count_term
                 + settings.segment_weight * segment_term)
@@ -138,9 +138,9 @@ def loss_terms(model: torch.nn.Module, pred_count: torch.Tensor, attention: torc
     return count_term, {"count": float(count_term.detach())}
 
 
-def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, float | None]:
     """Pearson r and MAE of predicted vs true count on whole cached samples."""
-    from .roi import count_mask
+    from ..pipeline.roi import count_mask
 
     model.eval()
     preds, truth = [], []
@@ -156,9 +156,10 @@ def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: in
     model.train()
     p, t = np.concatenate(preds), np.concatenate(truth).astype(float)
     r = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else float("nan")
-    return {"pearson_r": round(r, 4), "mae": round(float(np.abs(p - t).mean()), 3), "n": int(len(t)),
+    empty = round(float(p[t == 0].mean()), 3) if np.any(t == 0) else None
+    return {"pearson_r": round(r, 4), "mae": round(float(np.abs(p - t).mean()), 3), "n": len(t),
             "mean_pred": round(float(p.mean()), 3), "mean_true": round(float(t.mean()), 3),
-            "mean_pred_when_empty": round(float(p[t == 0].mean()), 3) if np.any(t == 0) else None}
+            "mean_pred_when_empty": empty}
 
 
 def _init_from(model: torch.nn.Module, path: str) -> None:
@@ -187,7 +188,8 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     warmup = max(1, settings.steps // 20)
 
     def lr_factor(i: int) -> float:  # linear warm-up, then cosine decay to 5%
-        return min(1.0, (i + 1) / warmup) * (0.05 + 0.475 * (1 + np.cos(np.pi * min(i, settings.steps) / settings.steps)))
+        cosine = 0.05 + 0.475 * (1 + np.cos(np.pi * min(i, settings.steps) / settings.steps))
+        return min(1.0, (i + 1) / warmup) * cosine
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     rng = np.random.default_rng(settings.seed)
@@ -207,9 +209,18 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
 
     def save_checkpoint() -> None:
         tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": step,
-                    "history": history, "elapsed_s": elapsed}, tmp)
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": rng.bit_generator.state,
+                "step": step,
+                "history": history,
+                "elapsed_s": elapsed,
+            },
+            tmp,
+        )
         tmp.replace(checkpoint)
 
     start = time.perf_counter() - elapsed
@@ -233,22 +244,43 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
             eta = elapsed / step * (settings.steps - step) if step else 0
             history.append({"step": step, "loss": float(np.mean(running)), **parts, "elapsed_s": round(elapsed, 1)})
             bar = "#" * int(20 * step / settings.steps)
-            log.info("[%-20s] step %5d/%d  loss %.4f  %s  %.0f s elapsed, ~%.0f s left", bar, step, settings.steps,
-                     np.mean(running), " ".join(f"{k} {v:.4f}" for k, v in parts.items()), elapsed, eta)
+            log.info(
+                "[%-20s] step %5d/%d  loss %.4f  %s  %.0f s elapsed, ~%.0f s left",
+                bar,
+                step,
+                settings.steps,
+                np.mean(running),
+                " ".join(f"{k} {v:.4f}" for k, v in parts.items()),
+                elapsed,
+                eta,
+            )
             running = []
         if step % settings.checkpoint_every == 0:
             elapsed = time.perf_counter() - start
             save_checkpoint()
     elapsed = time.perf_counter() - start
     save_checkpoint()
-    result: dict[str, Any] = {"settings": asdict(settings), "steps_done": step, "train_seconds": round(elapsed, 1),
-                              "samples": int(len(data["image"])), "pvsquant_version": __version__,
-                              "torch_version": str(torch.__version__)}
+    result: dict[str, Any] = {
+        "settings": asdict(settings),
+        "steps_done": step,
+        "train_seconds": round(elapsed, 1),
+        "samples": len(data["image"]),
+        "pvsquant_version": __version__,
+        "torch_version": str(torch.__version__),
+    }
     if val_dir is not None:
         result["validation"] = evaluate(model, load_shards(val_dir, regions))
         log.info("validation on %d synthetic patches: %s", result["validation"]["n"], result["validation"])
-    torch.save({"state_dict": model.state_dict(), "model": settings.model, "width": settings.width,
-                "in_channels": settings.in_channels,
-                "region": settings.region, "info": result}, out_dir / f"{settings.region}_{settings.model}.pt")
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "model": settings.model,
+            "width": settings.width,
+            "in_channels": settings.in_channels,
+            "region": settings.region,
+            "info": result,
+        },
+        out_dir / f"{settings.region}_{settings.model}.pt",
+    )
     (out_dir / "train_log.json").write_text(json.dumps({**result, "history": history}, indent=1))
     return result

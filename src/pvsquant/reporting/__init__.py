@@ -1,0 +1,1 @@
+"""What people look at: figures (PNG) and the subject's HTML report, from saved outputs."""

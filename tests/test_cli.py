@@ -1,0 +1,147 @@
+"""The command line's behaviour: exit codes, messages, --help, --version, --settings.
+
+The CLI is called in-process (``main([...])``); exit code 0 is success, 1 a user error reported in
+one log line naming the file and the problem, 2 a usage error (argparse).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pvsquant import __version__
+from pvsquant.cli import main
+from pvsquant.errors import InputSettingsError
+from pvsquant.types import Settings
+
+from .conftest import save_nifti
+
+COMMANDS = ("run", "train", "evaluate", "finetune", "report", "demo")
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: pvsquant {command}" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pvsquant {__version__}"
+
+
+def test_usage_errors_exit_2(capsys):
+    for argv in ([], ["no-such-command"], ["run", "--t1", "t1.nii.gz", "--out", "o"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+    assert "--t2" in capsys.readouterr().err
+
+
+def test_bad_input_exits_nonzero_and_writes_nothing(phantom_case, tmp_path, caplog):
+    t1, _, _ = phantom_case
+    out = tmp_path / "out"
+    code = main(["run", "--t1", str(t1), "--t2", str(tmp_path / "missing_T2.nii.gz"), "--out", str(out)])
+    assert code == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert "missing_T2.nii.gz does not exist" in caplog.text
+
+
+def test_refuses_existing_output(phantom_case, tmp_path, caplog):
+    t1, t2, aseg = phantom_case
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(out)]) == 1
+    assert "--overwrite" in caplog.text
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_labels_lacking_structures(phantom_case, tmp_path, caplog):
+    t1, t2, _ = phantom_case
+    lab = np.zeros((60, 70, 60), np.int32)
+    lab[20:40, 20:40, 20:40] = 17
+    aseg = save_nifti(tmp_path / "only_hippo.nii.gz", lab, np.diag([3.0, 3.0, 3.0, 1.0]))
+    assert main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(tmp_path / "o")]) == 1
+    assert "lacks white matter (2/41)" in caplog.text
+
+
+def test_bad_models_folder_or_weights_exit_nonzero_and_write_nothing(phantom_case, tmp_path, caplog):
+    t1, t2, aseg = phantom_case
+    out = tmp_path / "out"
+    run = ["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(out)]
+    missing = tmp_path / "no_such_models"
+    assert main([*run, "--models", str(missing)]) == 1
+    assert str(missing) in caplog.text and not out.exists()
+    bad = tmp_path / "models"
+    bad.mkdir()
+    (bad / "basal_ganglia_gpunet.pt").write_bytes(b"not a checkpoint")
+    assert main([*run, "--models", str(bad)]) == 1
+    assert "basal_ganglia_gpunet.pt: not pvsquant weights" in caplog.text and not out.exists()
+
+
+def test_train_without_label_maps_exits_nonzero(tmp_path, caplog):
+    empty = tmp_path / "maps"
+    empty.mkdir()
+    run = tmp_path / "run"
+    assert main(["train", "--region", "midbrain", "--model", "gpunet", "--out", str(run), "--maps", str(empty)]) == 1
+    assert f"need more than 2 label maps (*.nii, *.nii.gz) in {empty}, found 0" in caplog.text
+
+
+def test_report_on_a_folder_that_is_no_run(tmp_path, caplog):
+    assert main(["report", str(tmp_path)]) == 1
+    assert f"{tmp_path} is not a pvsquant run output" in caplog.text
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "is not readable JSON"),
+    ('{"cso_offset_mm": 10, "no_such_setting": 1}', "unknown setting(s) no_such_setting"),
+    ('{"threads": "two"}', "threads must be a number"),
+    ('{"target_spacing_mm": 0.5}', "target_spacing_mm must be a list"),
+])
+def test_bad_settings_file_exits_nonzero_and_writes_nothing(phantom_case, tmp_path, caplog, content, message):
+    t1, t2, aseg = phantom_case
+    settings = tmp_path / "settings.json"
+    settings.write_text(content)
+    out = tmp_path / "out"
+    code = main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(out),
+                 "--settings", str(settings)])
+    assert code == 1 and not out.exists()
+    assert "InputSettingsError" in caplog.text and message in caplog.text and str(settings) in caplog.text
+
+
+def test_settings_round_trip_through_json(tmp_path):
+    changed = Settings(cso_offset_mm=12.5, target_spacing_mm=(0.6, 0.6, 1.0), refine_labels=False,
+                       roi_box_mm={**Settings().roi_box_mm, "midbrain": (40.0, 40.0, 32.0)})
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(changed.to_json()))
+    assert Settings.from_json(path) == changed
+    assert Settings.from_json({"threads": 1}) == Settings(threads=1)  # a partial file changes only what it names
+    with pytest.raises(InputSettingsError, match="does not exist"):
+        Settings.from_json(tmp_path / "nope.json")
+
+
+def test_run_reproduces_a_settings_file_and_options_override_it(phantom_case, tmp_path):
+    t1, t2, aseg = phantom_case
+    settings = tmp_path / "mine.json"
+    settings.write_text(json.dumps({"cso_offset_mm": 12.0, "threads": 1, "detection_min_mass": 0.2}))
+    out = tmp_path / "out"
+    assert main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(out),
+                 "--settings", str(settings), "--threads", "2"]) == 0
+    saved = json.loads((out / "settings.json").read_text())
+    assert saved["cso_offset_mm"] == 12.0 and saved["detection_min_mass"] == 0.2
+    assert saved["threads"] == 2  # the command line wins over the file
+    assert Settings.from_json(out / "settings.json").cso_offset_mm == 12.0
