@@ -103,7 +103,7 @@ def inject(case: dict, n: int, rng: np.random.Generator) -> tuple[Volume, dict[s
 def count_all(t2: Volume, case: dict, models: dict, settings: Settings) -> dict:
     crops = crop_regions(t2, case["regions"], settings)
     return {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level,
-                               settings.detection_min_mass) for name, crop in crops.items()}, crops
+                               settings.detection_min_mass, settings.frangi) for name, crop in crops.items()}, crops
 
 
 def segment_distance(points: np.ndarray, tube) -> np.ndarray:

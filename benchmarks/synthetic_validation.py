@@ -16,8 +16,8 @@ import numpy as np
 
 from pvsquant.learning.training import evaluate, load_shards
 from pvsquant.pipeline.counting import load_models
-from pvsquant.pipeline.frangi import FrangiSettings, count_frangi
-from pvsquant.types import REGION_CODES
+from pvsquant.pipeline.frangi import count_frangi
+from pvsquant.types import REGION_CODES, Settings
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,12 +36,12 @@ def main(val_dir: str) -> None:
         data = load_shards(val_dir, [region])
         truth = data["count"].astype(float)
         for name in ("gpunet", "cnn"):
-            res = evaluate(models[(region, name)], data)
+            res = evaluate(models[(region, name)].network, data)
             lines.append(
                 f"| {region} | {res['n']} | {name} | {res['pearson_r']:.3f} | {res['mae']:.2f} | "
                 f"{res['mean_pred_when_empty']} ({int((truth == 0).sum())}) |"
             )
-        unmasked = FrangiSettings(fill_outside=False)  # the cached patches are the unmasked network input
+        unmasked = Settings().frangi  # the cached patches are the unmasked network input
         frangi = np.array(
             [
                 count_frangi(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8), unmasked).count

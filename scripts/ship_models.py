@@ -14,23 +14,22 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from pvsquant.types import REGION_CODES
+from pvsquant.labels import REGION_CODES
+from pvsquant.models import load_weights, save_weights
+from pvsquant.reporting.figures import save_figure
 
 DEST = Path(__file__).resolve().parents[1] / "src" / "pvsquant" / "data" / "models"
 
 HEADER_FILE = Path(__file__).resolve().parent / "model_card_header.md"
 
 
-def shipped_record(run: Path, log: dict, region: str) -> dict:
-    """The weight file of one region from a run (a run on ``all`` regions serves every region)."""
+def ship(run: Path, log: dict, region: str) -> Path:
+    """Write the weight file of one region from a run (a run on ``all`` regions serves every region)."""
     s = log["settings"]
-    state = torch.load(run / f"{s['region']}_{s['model']}.pt", map_location="cpu", weights_only=True)
-    return {"state_dict": state["state_dict"], "model": s["model"], "width": s["width"],
-            "in_channels": s["in_channels"], "region": region,
-            "info": {"trained_on": s["region"], "steps": log["steps_done"], "train_seconds": log["train_seconds"],
-                     "validation": log.get("validation"), "pvsquant_version": log["pvsquant_version"]}}
+    weights = load_weights(run / f"{s['region']}_{s['model']}.pt")
+    info = {"trained_on": s["region"], "steps": log["steps_done"], "train_seconds": log["train_seconds"],
+            "validation": log.get("validation"), "pvsquant_version": log["pvsquant_version"]}
+    return save_weights(weights.network, DEST / f"{region}_{s['model']}.pt", s["model"], region, info)
 
 
 def plot_curves(logs: list[tuple[str, dict]], path: Path) -> None:
@@ -54,8 +53,7 @@ def plot_curves(logs: list[tuple[str, dict]], path: Path) -> None:
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main(run_dirs: list[str]) -> None:
@@ -67,7 +65,7 @@ def main(run_dirs: list[str]) -> None:
         logs.append((run.name, log))
         targets = list(REGION_CODES) if s["region"] == "all" else [s["region"]]
         for region in targets:
-            torch.save(shipped_record(run, log, region), DEST / f"{region}_{s['model']}.pt")
+            ship(run, log, region)
         v = log.get("validation") or {}
         init = Path(s["init"]).name if s.get("init") else "random"
         names = ", ".join(f"{r}_{s['model']}.pt" for r in targets)

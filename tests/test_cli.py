@@ -6,6 +6,7 @@ one log line naming the file and the problem, 2 a usage error (argparse).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -125,13 +126,18 @@ def test_bad_settings_file_exits_nonzero_and_writes_nothing(phantom_case, tmp_pa
 
 def test_settings_round_trip_through_json(tmp_path):
     changed = Settings(cso_offset_mm=12.5, target_spacing_mm=(0.6, 0.6, 1.0), refine_labels=False,
-                       roi_box_mm={**Settings().roi_box_mm, "midbrain": (40.0, 40.0, 32.0)})
+                       roi_box_mm={**Settings().roi_box_mm, "midbrain": (40.0, 40.0, 32.0)},
+                       frangi=replace(Settings().frangi, sigmas_mm=(0.5, 1.0), lesion_intensity=None))
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(changed.to_json()))
     assert Settings.from_json(path) == changed
     assert Settings.from_json({"threads": 1}) == Settings(threads=1)  # a partial file changes only what it names
     with pytest.raises(InputSettingsError, match="does not exist"):
         Settings.from_json(tmp_path / "nope.json")
+    with pytest.raises(InputSettingsError, match=r"frangi: unknown setting\(s\) sigma"):
+        Settings.from_json({"frangi": {"sigma": 1.0}})
+    with pytest.raises(InputSettingsError, match="threshold must be in"):
+        Settings.from_json({"frangi": {"threshold": 2.0}})
 
 
 def test_run_reproduces_a_settings_file_and_options_override_it(phantom_case, tmp_path):

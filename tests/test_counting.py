@@ -11,7 +11,7 @@ from pvsquant.grids import voxel_indices
 from pvsquant.labels import METHODS as MODELS
 from pvsquant.learning.synthesis import Tube
 from pvsquant.learning.trainingdata import density_map, line_density
-from pvsquant.models import build_model
+from pvsquant.models import Weights, build_model
 from pvsquant.pipeline.counting import RegionCounts, count_region, detect_pvs, save_count_outputs
 from pvsquant.pipeline.roi import count_mask
 from pvsquant.types import REGION_CODES, RegionCrop, Volume
@@ -55,7 +55,7 @@ def _crop(shape=(40, 40, 24)):
 
 
 def test_count_region_runs_every_model():
-    models = {("basal_ganglia", m): build_model(m, 4).eval() for m in ("gpunet", "cnn")}
+    models = {("basal_ganglia", m): Weights(build_model(m, 4).eval(), m, "basal_ganglia") for m in ("gpunet", "cnn")}
     res = count_region(_crop(), models, SPACING)
     assert set(res.counts) == set(MODELS)
     assert res.attention.shape == (40, 40, 24)

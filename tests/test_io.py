@@ -7,8 +7,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pvsquant.errors import InputFileNotFoundError, InputImageError, InputPairError, OutputExistsError, PvsError
-from pvsquant.io import atomic_output_dir, check_pair_overlap, load_volume
+from pvsquant.errors import (
+    InputFileNotFoundError,
+    InputImageError,
+    InputPairError,
+    InputTableError,
+    OutputExistsError,
+    PvsError,
+)
+from pvsquant.io import (
+    atomic_file,
+    atomic_output_dir,
+    check_pair_overlap,
+    is_run_folder,
+    load_volume,
+    read_tsv,
+    write_tsv,
+)
 from pvsquant.types import Volume
 
 from .conftest import head_phantom, oblique_affine, save_nifti
@@ -162,3 +177,36 @@ def test_atomic_output_dir_refuses_existing_and_replaces_on_overwrite(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_file_replaces_only_on_success(tmp_path):
+    target = tmp_path / "table.tsv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash while writing")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["table.tsv"]
+    with atomic_file(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".tsv" and tmp != target
+        tmp.write_text("new\n")
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["table.tsv"]
+
+
+def test_tsv_round_trip_with_comments_and_cells(tmp_path):
+    rows = [{"subject": "sub-01", "count": 12.3456789, "flag": True, "missing": float("nan"), "text": "7.50"},
+            {"subject": "sub-02", "count": 3, "flag": False, "missing": None}]
+    path = write_tsv(rows, ("subject", "count", "flag", "missing", "text"), tmp_path / "t.tsv", comments=("made here",))
+    assert path.read_text().splitlines()[0] == "# made here"
+    back = read_tsv(path, ("subject", "count"), "test table")
+    assert back[0] == {"subject": "sub-01", "count": "12.35", "flag": "yes", "missing": "n/a", "text": "7.50"}
+    assert back[1] == {"subject": "sub-02", "count": "3", "flag": "no", "missing": "n/a", "text": ""}
+    with pytest.raises(InputTableError, match=r"test table .*t\.tsv: missing column\(s\) rater1"):
+        read_tsv(path, ("subject", "rater1"), "test table")
+    with pytest.raises(InputFileNotFoundError, match="does not exist"):
+        read_tsv(tmp_path / "nope.tsv", ("subject",), "test table")
+
+
+def test_is_run_folder(tmp_path):
+    assert not is_run_folder(tmp_path)
+    (tmp_path / "qc.json").write_text("{}")
+    assert is_run_folder(tmp_path)

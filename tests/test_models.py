@@ -4,7 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pvsquant.models import CountCNN, GPUnet, build_model, pad_to_multiple
+from pvsquant.errors import InputImageError
+from pvsquant.models import (
+    CountCNN,
+    GPUnet,
+    Weights,
+    build_model,
+    load_weights,
+    network_width,
+    pad_to_multiple,
+    save_weights,
+)
 
 
 @pytest.fixture()
@@ -90,3 +100,23 @@ def test_pad_to_multiple():
     x = torch.zeros(1, 1, 13, 16, 7)
     padded, size = pad_to_multiple(x, 4)
     assert padded.shape[2:] == (16, 16, 8) and size == (13, 16, 7)
+
+
+@pytest.mark.parametrize("name", ["gpunet", "cnn"])
+def test_weights_round_trip(name, tmp_path):
+    network = build_model(name, width=4, in_channels=3)
+    path = save_weights(network, tmp_path / f"basal_ganglia_{name}.pt", name, "basal_ganglia", {"steps": 7})
+    weights = load_weights(path)
+    assert isinstance(weights, Weights) and (weights.model, weights.region, weights.info) == (name, "basal_ganglia",
+                                                                                                {"steps": 7})
+    assert weights.in_channels == 3 and network_width(weights.network) == 4 and weights.source == str(path)
+    assert len(weights.sha256) == 12 and not weights.network.training
+    for key, value in network.state_dict().items():
+        assert torch.equal(weights.network.state_dict()[key], value)
+
+
+def test_load_weights_names_a_bad_file(tmp_path):
+    bad = tmp_path / "hippocampi_cnn.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputImageError, match=r"hippocampi_cnn\.pt: not pvsquant weights"):
+        load_weights(bad)

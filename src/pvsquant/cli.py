@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputFileNotFoundError, OutputExistsError, PvsError
+from .io import is_run_folder
 from .labels import METHODS, REGION_CODES
 from .types import Settings, SubjectInputs
 
@@ -211,7 +212,7 @@ def report_command(args: argparse.Namespace) -> int:
     from .reporting.report import write_report
 
     for folder in args.out_dirs:
-        if not (folder / "qc.json").is_file():
+        if not is_run_folder(folder):
             raise InputFileNotFoundError(f"{folder} is not a pvsquant run output: {folder / 'qc.json'} does not exist")
         print(write_report(folder))
     return 0

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from .grids import resample_labels, world_coordinates
-from .io import atomic_output_dir
+from .io import atomic_output_dir, is_run_folder, write_tsv
 from .labels import LATERAL_VENTRICLE
 from .learning.synthesis import tube_occupancy
 from .learning.trainingdata import AnatomyMap, pvs_tubes, spaced_points
@@ -103,15 +103,12 @@ def demo_case_plan(n_cases: int, seed: int) -> list[dict[str, Any]]:
 
 
 def write_scores(plan: list[dict[str, Any]], path: Path) -> Path:
-    lines = ["# SYNTHETIC DEMO SCORES: rater1 = number of PVS injected into the example scan (known); rater2 = "
-             "rater1 with a simulated rater's error. The example's own PVS are not in them.",
-             "subject\tregion\trater1\trater2\tscanner\tsource"]
-    for case in plan:
-        for region in REGION_CODES:
-            lines.append(f"{case['subject']}\t{region}\t{case['injected'][region]}\t{case['rater2'][region]}\t"
-                         f"{case['scanner']}\tsynthetic")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    rows = [{"subject": case["subject"], "region": region, "rater1": case["injected"][region],
+             "rater2": case["rater2"][region], "scanner": case["scanner"], "source": "synthetic"}
+            for case in plan for region in REGION_CODES]
+    comment = ("SYNTHETIC DEMO SCORES: rater1 = number of PVS injected into the example scan (known); rater2 = "
+               "rater1 with a simulated rater's error. The example's own PVS are not in them.")
+    return write_tsv(rows, ("subject", "region", "rater1", "rater2", "scanner", "source"), path, comments=(comment,))
 
 
 def make_demo_cohort(out_dir: Path, inputs: SubjectInputs, n_cases: int = 12, settings: Settings = Settings(),
@@ -125,9 +122,9 @@ def make_demo_cohort(out_dir: Path, inputs: SubjectInputs, n_cases: int = 12, se
     results = out_dir / "results"
     results.mkdir(parents=True, exist_ok=True)
     plan = demo_case_plan(n_cases, seed)
-    todo = [c for c in plan if not (results / c["subject"] / "qc.json").is_file()]
+    todo = [c for c in plan if not is_run_folder(results / c["subject"])]
     example_id = inputs.subject_id or "sub-example"
-    example_done = (results / example_id / "qc.json").is_file()
+    example_done = is_run_folder(results / example_id)
     start = time.perf_counter()
     if todo or not example_done:
         timer, t_example = StageTimer(), time.perf_counter()

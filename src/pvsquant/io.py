@@ -4,9 +4,11 @@ Inputs are checked once, here, with messages that name the file and the problem.
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -19,7 +21,7 @@ from typing import Any, cast
 import nibabel as nib
 import numpy as np
 
-from .errors import InputFileNotFoundError, InputImageError, InputPairError, OutputExistsError
+from .errors import InputFileNotFoundError, InputImageError, InputPairError, InputTableError, OutputExistsError
 from .types import Volume
 
 log = logging.getLogger(__name__)
@@ -217,3 +219,70 @@ def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix) that replaces ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is the output folder of a finished ``pvsquant run`` (it holds qc.json)."""
+    return (Path(path) / "qc.json").is_file()
+
+
+def format_cell(value: Any) -> str:
+    """One table cell as text: floats to 4 significant digits, NaN and None as n/a, booleans as yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_tsv(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str], path: str | Path,
+              comments: tuple[str, ...] = ()) -> Path:
+    """A tab-separated table with a header line (atomically); cells by :func:`format_cell`, strings as
+    they are (so a caller fixes its own number format by passing text). ``comments`` go first, as
+    ``# `` lines, which :func:`read_tsv` skips."""
+    path = Path(path)
+    lines = [f"# {c}" for c in comments] + ["\t".join(columns)]
+    lines += ["\t".join(format_cell(row.get(c, "")) for c in columns) for row in rows]
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_tsv(path: str | Path, required: tuple[str, ...], what: str) -> list[dict[str, str]]:
+    """Rows of a tab-separated table with a header; ``#`` lines are comments.
+
+    Raises InputFileNotFoundError when missing and InputTableError, naming ``what`` and the file,
+    when empty or lacking a ``required`` column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileNotFoundError(f"{what} {path} does not exist")
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()
+             and not line.startswith("#")]
+    if not lines:
+        raise InputTableError(f"{what} {path} is empty")
+    reader = csv.DictReader(lines, delimiter="\t")
+    header = [h.strip() for h in reader.fieldnames or []]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputTableError(f"{what} {path}: missing column(s) {', '.join(missing)}; found {', '.join(header)} "
+                              "(tab-separated, with a header line)")
+    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]

@@ -19,13 +19,19 @@ networks train on small patches and run on a whole region.
 """
 from __future__ import annotations
 
-from typing import cast
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODEL_NAMES = ("cnn", "gpunet")
+from .errors import InputImageError
+from .labels import NETWORKS
+
+MODEL_NAMES = NETWORKS
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -162,3 +168,67 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, t
     size = tuple(int(s) for s in x.shape[2:])
     pad = [(-s) % multiple for s in size]
     return F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0])), size  # type: ignore[return-value]
+
+
+# --- weight files: one format, written and read here only ---
+
+@dataclass
+class Weights:
+    """A network loaded from a weights file, with what identifies it."""
+
+    network: nn.Module
+    model: str
+    """'gpunet' or 'cnn'."""
+    region: str
+    """The region it counts in (a network trained on 'all' is shipped once per region)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Provenance: training run, validation, fine-tuning."""
+    source: str | None = None
+    """The file it was read from."""
+    sha256: str | None = None
+    """First 12 hex digits of the file's sha256 (recorded in qc.json)."""
+
+    @property
+    def in_channels(self) -> int:
+        return encoder_of(self.network).in_channels
+
+
+def encoder_of(network: nn.Module) -> Encoder:
+    """The encoder shared by both networks."""
+    return cast(Encoder, network.encoder)
+
+
+def network_width(network: nn.Module) -> int:
+    """Channels of the first convolution (the width every layer's channels derive from)."""
+    first = cast(nn.Conv3d, cast(nn.Sequential, encoder_of(network).level1[0])[0])
+    return int(first.out_channels)
+
+
+def save_weights(network: nn.Module, path: str | Path, model: str, region: str, info: dict[str, Any]) -> Path:
+    """Write a weights file (atomically): state dict, architecture, region and provenance."""
+    from .io import atomic_file
+
+    record = {"state_dict": network.state_dict(), "model": model, "width": network_width(network),
+              "in_channels": encoder_of(network).in_channels, "region": region, "info": info}
+    with atomic_file(path) as tmp:
+        torch.save(record, tmp)
+    return Path(path)
+
+
+def load_weights(path: str | Path) -> Weights:
+    """Read a weights file written by :func:`save_weights` (or by pvsquant 0.1, 2 channels).
+
+    Raises InputImageError naming the file when it is not pvsquant weights.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        network = build_model(state["model"], state["width"], state.get("in_channels", 2))
+        network.load_state_dict(state["state_dict"])
+    except Exception as exc:
+        raise InputImageError(f"{path}: not pvsquant weights ({type(exc).__name__}: {exc}); "
+                              "expected a file written by pvsquant train") from exc
+    network.eval()
+    info = state.get("info") or ({"finetuned": state["finetuned"]} if "finetuned" in state else {})
+    return Weights(network, state["model"], state["region"], info, str(path),
+                   hashlib.sha256(path.read_bytes()).hexdigest()[:12])

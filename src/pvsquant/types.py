@@ -132,6 +132,51 @@ class QCFlag:
 
 
 @dataclass(frozen=True)
+class FrangiSettings:
+    """Parameters of the Frangi vesselness and baseline count (see :mod:`pvsquant.pipeline.frangi` for how
+    they were chosen)."""
+
+    sigmas_mm: tuple[float, ...] = (0.5, 0.75, 1.0)
+    """Gaussian scales of the Hessian, in mm."""
+    alpha: float = 0.5
+    """Frangi's plate-vs-tube constant."""
+    beta: float = 0.5
+    """Frangi's blob-vs-tube constant."""
+    gamma: float = 0.05
+    """Frangi's structureness constant, on the scale-normalised Hessian (image units)."""
+    threshold: float = 0.2
+    """On the vesselness map (0 to ~0.86 for an ideal tube)."""
+    min_size_mm3: float = 1.0
+    """Smaller components are noise."""
+    max_size_mm3: float = 150.0
+    """Larger components are lesions or merged structures, not one PVS."""
+    min_elongation: float = 1.5
+    """Ratio of the two largest principal axes a component above ``round_min_size_mm3`` needs."""
+    round_min_size_mm3: float = 14.0
+    """Components above this volume (a 3 mm ball) must be elongated; 0 checks all, inf none."""
+    lesion_intensity: float | None = 0.6
+    """Intensity above which wide regions are lesions/CSF; None switches the lesion rule off."""
+    lesion_min_diameter_mm: float = 4.0
+    """Bright regions containing a ball of this diameter are lesions (PVS are <= 3 mm wide)."""
+    lesion_margin_mm: float = 1.0
+    """Vesselness within this distance of a lesion is ignored."""
+    fill_outside: bool = True
+    """Blend the image towards the region's median where the soft mask is below one."""
+
+    def __post_init__(self) -> None:
+        if len(self.sigmas_mm) == 0 or any(not np.isfinite(s) or s <= 0 for s in self.sigmas_mm):
+            raise ValueError(f"sigmas_mm must be one or more positive scales in mm, got {self.sigmas_mm!r}")
+        if min(self.alpha, self.beta, self.gamma) <= 0:
+            raise ValueError(f"alpha, beta and gamma must be positive, got {self.alpha}, {self.beta}, {self.gamma}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if not 0 <= self.min_size_mm3 <= self.max_size_mm3:
+            raise ValueError(f"need 0 <= min_size_mm3 <= max_size_mm3, got {self.min_size_mm3}, {self.max_size_mm3}")
+        if self.lesion_min_diameter_mm <= 0 or self.lesion_margin_mm < 0:
+            raise ValueError("lesion_min_diameter_mm must be positive and lesion_margin_mm non-negative")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every tunable of a run. Built once (by the CLI), passed explicitly, saved as JSON."""
 
@@ -152,6 +197,8 @@ class Settings:
     registration_levels: tuple[int, ...] = (4, 2, 1)
     registration_iterations: int = 200
     registration_sampling: float = 0.2
+    registration_grid_mm: float = 1.5
+    """Voxel size of the isotropic copies of the T1 and T2 that are registered."""
     # network-input grid and regions
     target_spacing_mm: tuple[float, float, float] = (0.5, 0.5, 0.8)
     work_spacing_mm: float = 1.0
@@ -176,6 +223,9 @@ class Settings:
     """The networks' T2 channel: the T2 divided by the region's median, times this level, clipped
     to [0, ``region_clip_level``] (tissue at ~0.35, CSF-bright PVS at ~1, as Frangi expects)."""
     region_clip_level: float = 1.5
+    frangi: FrangiSettings = field(default_factory=lambda: FrangiSettings(fill_outside=False))
+    """Frangi vesselness (the networks' second channel) and the Frangi baseline count, on the
+    unmasked crop. Weights of pvsquant 0.1 (two channels) use the same with ``fill_outside=True``."""
     detection_level: float = 1.5e-3
     """Detected PVS: components of the GP-Unet attention map above this level (PVS per voxel) ..."""
     detection_min_mass: float = 0.15
@@ -232,6 +282,18 @@ def _like(default: Any, value: Any, what: str) -> Any:
 
     if default is None or value is None:
         return value
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        if not isinstance(value, dict):
+            raise InputSettingsError(f"{what} must be an object, found {value!r}.")
+        names = [f.name for f in dataclasses.fields(default)]
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise InputSettingsError(f"{what}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(names)}.")
+        try:
+            return dataclasses.replace(default, **{k: _like(getattr(default, k), v, f"{what}.{k}")
+                                                   for k, v in value.items()})
+        except ValueError as exc:
+            raise InputSettingsError(f"{what}: {exc}") from exc
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise InputSettingsError(f"{what} must be true or false, found {value!r}.")

@@ -12,7 +12,6 @@ data.tsv, summary.md, figure_scatter.png (the paper's Fig. 1, by scanner), evalu
 """
 from __future__ import annotations
 
-import csv
 import html
 import json
 import logging
@@ -24,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputFileNotFoundError, InputTableError
-from ..io import atomic_output_dir
+from ..io import atomic_output_dir, format_cell, read_tsv, write_tsv
 from ..labels import METHOD_TITLES
 from ..labels import METHODS as MODELS
+from ..reporting.figures import save_figure
 from ..types import REGION_CODES
 from .stats import agreement, bonferroni, pearson, williams_test
 
@@ -74,24 +74,6 @@ def _number(value: str | None, where: str, column: str) -> float:
         return float(text)
     except ValueError:
         raise InputTableError(f"{where}: column {column!r} holds {text!r}, not a number") from None
-
-
-def read_tsv(path: Path, required: tuple[str, ...], what: str) -> list[dict[str, str]]:
-    """Rows of a tab-separated table with a header; ``#`` lines are comments."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileNotFoundError(f"{what} {path} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()
-             and not line.startswith("#")]
-    if not lines:
-        raise InputTableError(f"{what} {path} is empty")
-    reader = csv.DictReader(lines, delimiter="\t")
-    header = [h.strip() for h in reader.fieldnames or []]
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise InputTableError(f"{what} {path}: missing column(s) {', '.join(missing)}; found {', '.join(header)} "
-                              "(tab-separated, with a header line)")
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
 def read_scores(path: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], list[str]]:
@@ -237,24 +219,10 @@ def williams_table(cohort: Cohort) -> list[dict[str, Any]]:
     return table
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def write_tsv(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str], path: Path) -> Path:
-    lines = ["\t".join(columns)] + ["\t".join(_cell(row.get(c, "")) for c in columns) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [_cell(row.get(c, "")) for c in columns]
+        cells = [format_cell(row.get(c, "")) for c in columns]
         if row.get("significant_bonferroni") and "pearson_r" in columns:
             cells[columns.index("pearson_r")] = f"**{cells[columns.index('pearson_r')]}**"
         out.append("| " + " | ".join(cells) + " |")
@@ -353,9 +321,7 @@ def plot_scatter(cohort: Cohort, path: Path) -> Path:
     fig.suptitle(title, fontsize=12)
     bottom = 0.6 / (3.6 * len(regions))
     fig.tight_layout(rect=(0, bottom, 1, 1 - 0.35 / (3.6 * len(regions))))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def html_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str], table_id: str) -> str:
@@ -365,7 +331,8 @@ def html_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str],
         cells = []
         for c in columns:
             value = row.get(c, "")
-            text = html.escape(f"{value:.3g}" if isinstance(value, float) and not math.isnan(value) else _cell(value))
+            number = isinstance(value, float) and not math.isnan(value)
+            text = html.escape(f"{value:.3g}" if number else format_cell(value))
             bold = c == "pearson_r" and row.get("significant_bonferroni")
             cells.append(f"<td>{'<b>' + text + '</b>' if bold else text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

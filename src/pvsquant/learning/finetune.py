@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ..cohort.evaluate import read_scores, write_tsv
+from ..cohort.evaluate import read_scores
 from ..cohort.stats import pearson
 from ..errors import InputFileNotFoundError, InputTableError
-from ..io import atomic_output_dir, write_json
+from ..io import atomic_output_dir, write_json, write_tsv
 from ..labels import NETWORKS, REGION_CODES
+from ..reporting.figures import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def cohort_features(scores: dict, result_dirs: list[Path], models: dict, setting
         entry["rater1"].append(scores[(subject, region)]["rater1"])
         with torch.no_grad():
             for name in NETWORKS:
-                features = head_features(models[(region, name)], net_input.x, net_input.mask)
+                features = head_features(models[(region, name)].network, net_input.x, net_input.mask)
                 entry[name].append(features[0].double().numpy())
         elapsed = time.perf_counter() - start
         log.info(
@@ -175,7 +176,7 @@ def finetune_cohort(
     """Cross-validate, then fit on all subjects and write ``<region>_<model>.pt`` and the report to ``out_dir``."""
     import torch
 
-    from ..models import get_head, set_head
+    from ..models import get_head, save_weights, set_head
     from ..pipeline.counting import load_models
 
     scores, _ = read_scores(Path(scores_path))
@@ -209,7 +210,7 @@ def finetune_cohort(
         summary["regions"][region] = {"n": n}
         for name in NETWORKS:
             features = np.stack(data[name])
-            start = get_head(models[(region, name)]).double().numpy()
+            start = get_head(models[(region, name)].network).double().numpy()
             shipped = features @ start
             predicted, fold = cross_validate(features, target, start, settings)
             head, penalty = fit_head(features, target, start, settings.penalties)
@@ -230,7 +231,7 @@ def finetune_cohort(
                 }
                 for s, t, a, b, f in zip(data["subjects"], target, shipped, predicted, fold, strict=False)
             ]
-            model = models[(region, name)]
+            model = models[(region, name)].network
             set_head(model, torch.from_numpy(head).float())
             tuned[(region, name)] = model
             log.info(
@@ -251,31 +252,13 @@ def finetune_cohort(
         )
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         for (region, name), model in tuned.items():
-            save_weights(model, region, name, tmp / f"{region}_{name}.pt", summary["regions"][region][name])
+            info = {"finetuned": summary["regions"][region][name]}
+            save_weights(model, tmp / f"{region}_{name}.pt", name, region, info)
         write_tsv(rows, RESULT_COLUMNS, tmp / "finetune_out_of_fold.tsv")
         write_json(summary, tmp / "finetune.json")
         (tmp / "finetune.md").write_text(summary_markdown(summary))
         plot_out_of_fold(rows, tmp / "finetune.png")
     return summary
-
-
-def save_weights(model: Any, region: str, name: str, path: Path, evaluation: dict[str, Any]) -> None:
-    """The same format as ``pvsquant train`` writes (read by :func:`pvsquant.pipeline.counting.load_models`)."""
-    import torch
-
-    width = model.encoder.level1[0][0].out_channels
-    in_channels = model.encoder.in_channels
-    torch.save(
-        {
-            "model": name,
-            "region": region,
-            "width": width,
-            "in_channels": in_channels,
-            "state_dict": model.state_dict(),
-            "finetuned": evaluation,
-        },
-        path,
-    )
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -330,6 +313,4 @@ def plot_out_of_fold(rows: list[dict[str, Any]], path: Path) -> Path:
             ax.set_ylabel("count")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)

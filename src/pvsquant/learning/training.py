@@ -26,10 +26,17 @@ import torch
 from torch.nn import functional as F
 
 from .. import __version__
-from ..models import build_model
-from ..types import REGION_CODES
+from ..io import atomic_file
+from ..models import build_model, save_weights
+from ..types import REGION_CODES, Settings
 
 log = logging.getLogger(__name__)
+
+
+NETWORK_GRID_MM = Settings().target_spacing_mm
+"""The grid of the cached patches and of the networks' input: that of ``pvsquant run``."""
+NETWORK_FRANGI = Settings().frangi
+"""The vesselness channel, computed as ``pvsquant run`` computes it."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +87,9 @@ def load_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarr
 def network_channels(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """The networks' second input for each cached sample: the Frangi vesselness of the unmasked,
     region-scaled T2, exactly as ``pvsquant run`` computes it (:func:`pvsquant.pipeline.counting.network_input`)."""
-    from ..pipeline.frangi import FrangiSettings, region_vesselness
+    from ..pipeline.frangi import region_vesselness
 
-    settings = FrangiSettings(fill_outside=False)
-    return np.stack([region_vesselness(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8), settings)
+    return np.stack([region_vesselness(i.astype(np.float32), m.astype(np.float32), NETWORK_GRID_MM, NETWORK_FRANGI)
                      for i, m in zip(images, masks, strict=False)]).astype(np.float16)
 
 
@@ -114,7 +120,7 @@ class PatchBatches:
         mask, density = (torch.from_numpy(np.stack(out[k]))[:, None] for k in ("mask", "density"))
         from ..pipeline.roi import count_mask  # the same counting mask as at inference
 
-        counting = torch.from_numpy(np.stack([count_mask(m[0].numpy() > 0.5, (0.5, 0.5, 0.8)) for m in mask]))
+        counting = torch.from_numpy(np.stack([count_mask(m[0].numpy() > 0.5, NETWORK_GRID_MM) for m in mask]))
         counting = counting[:, None].float()
         count = (density * counting).sum(dim=(1, 2, 3, 4))
         return image, counting, density * counting, count
@@ -149,7 +155,7 @@ def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: in
             chunk = slice(start, start + batch_size)
             image = torch.from_numpy(stack_channels(data["image"][chunk], data["vesselness"][chunk],
                                                     data["mask"][chunk]))
-            masks = np.stack([count_mask(m, (0.5, 0.5, 0.8)) for m in data["mask"][start:start + batch_size]])
+            masks = np.stack([count_mask(m, NETWORK_GRID_MM) for m in data["mask"][start:start + batch_size]])
             pred, _ = model(image, torch.from_numpy(masks)[:, None].float())
             preds.append(pred.numpy())
             truth.append(data["count"][start:start + batch_size])
@@ -208,20 +214,11 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     batches = PatchBatches(data, settings.crop, rng)
 
     def save_checkpoint() -> None:
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save(
-            {
-                "state_dict": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": rng.bit_generator.state,
-                "step": step,
-                "history": history,
-                "elapsed_s": elapsed,
-            },
-            tmp,
-        )
-        tmp.replace(checkpoint)
+        state = {"state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
+                 "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": step,
+                 "history": history, "elapsed_s": elapsed}
+        with atomic_file(checkpoint) as tmp:
+            torch.save(state, tmp)
 
     start = time.perf_counter() - elapsed
     running: list[float] = []
@@ -271,16 +268,6 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     if val_dir is not None:
         result["validation"] = evaluate(model, load_shards(val_dir, regions))
         log.info("validation on %d synthetic patches: %s", result["validation"]["n"], result["validation"])
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "model": settings.model,
-            "width": settings.width,
-            "in_channels": settings.in_channels,
-            "region": settings.region,
-            "info": result,
-        },
-        out_dir / f"{settings.region}_{settings.model}.pt",
-    )
+    save_weights(model, out_dir / f"{settings.region}_{settings.model}.pt", settings.model, settings.region, result)
     (out_dir / "train_log.json").write_text(json.dumps({**result, "history": history}, indent=1))
     return result

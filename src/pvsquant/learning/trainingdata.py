@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..grids import resample, voxel_indices, world_coordinates
-from ..io import load_volume
+from ..io import atomic_file, load_volume
 from ..labels import LATERAL_VENTRICLE
 from ..pipeline.anatomy import labels_from_file
 from ..pipeline.regions import make_regions
@@ -355,10 +355,8 @@ def prepared_map(map_file: Path, cache_dir: Path, settings: Settings) -> Anatomy
             return pickle.load(f)
     amap = prepare_map(map_file, settings)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(cached) as tmp, open(tmp, "wb") as f:
         pickle.dump(amap, f)
-    tmp.replace(cached)
     return amap
 
 
@@ -375,10 +373,9 @@ def _write_shard(args: tuple) -> str:
         densities.append(s.density.astype(np.float16))
         counts.append(s.count)
         metas.append(s.meta)
-    tmp = Path(str(out_file) + ".tmp.npz")
-    np.savez_compressed(tmp, image=np.stack(images), mask=np.stack(masks), density=np.stack(densities),
-                        count=np.array(counts), index=np.array(indices))
-    tmp.replace(out_file)
+    with atomic_file(out_file) as tmp:  # a hidden name ending in .npz: never read as a shard
+        np.savez_compressed(tmp, image=np.stack(images), mask=np.stack(masks), density=np.stack(densities),
+                            count=np.array(counts), index=np.array(indices))
     return str(out_file)
 
 

@@ -7,7 +7,6 @@ components of the attention map (see :func:`detect_pvs`).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from scipy import ndimage
 from ..errors import InputFileNotFoundError, InputImageError
 from ..grids import world_coordinates
 from ..labels import METHODS, NETWORKS
-from ..types import RegionCrop, Settings, Volume
+from ..models import Weights, load_weights
+from ..types import FrangiSettings, RegionCrop, Settings, Volume
 from .frangi import count_frangi
 from .roi import count_mask
 
@@ -78,33 +78,22 @@ def shipped_models_dir() -> Path:
     return Path(str(resources.files("pvsquant") / "data" / "models"))
 
 
-def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[tuple[str, str], Any]:
+def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[tuple[str, str], Weights]:
     """All ``<region>_<model>.pt`` weights of a folder (the shipped ones by default), ready to run.
 
     A user's folder (fine-tuned models) may hold only some: the shipped ones fill the rest.
     """
     import torch
 
-    from ..models import build_model
-
     torch.set_num_threads(threads)
-    found: dict[tuple[str, str], Any] = {}
+    found: dict[tuple[str, str], Weights] = {}
     folders = [shipped_models_dir()] + ([Path(models_dir)] if models_dir else [])
     for folder in folders:
         if not folder.is_dir():
             raise InputFileNotFoundError(f"models folder {folder} does not exist")
         for f in sorted(folder.glob("*.pt")):
-            try:
-                state = torch.load(f, map_location="cpu", weights_only=True)
-                model = build_model(state["model"], state["width"], state.get("in_channels", 2))
-                model.load_state_dict(state["state_dict"])
-            except Exception as exc:
-                raise InputImageError(f"{f}: not pvsquant weights ({type(exc).__name__}: {exc}); "
-                                      "expected a file written by pvsquant train") from exc
-            model.eval()
-            model.source = str(f)  # type: ignore[assignment]
-            model.sha256 = hashlib.sha256(f.read_bytes()).hexdigest()[:12]  # type: ignore[assignment]
-            found[(state["region"], state["model"])] = model
+            weights = load_weights(f)
+            found[(weights.region, weights.model)] = weights
     return found
 
 
@@ -168,11 +157,15 @@ class NetworkInput:
     frangi: Any  # FrangiCount of the box
 
 
-def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], channels: int = 3) -> NetworkInput:
-    """The networks' input of one region crop (shared by counting and fine-tuning)."""
+def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], channels: int = 3,
+                  frangi_settings: FrangiSettings | None = None) -> NetworkInput:
+    """The networks' input of one region crop (shared by counting and fine-tuning); the vesselness
+    channel and the Frangi baseline by ``frangi_settings`` (``Settings().frangi`` by default)."""
+    import dataclasses
+
     import torch
 
-    from .frangi import FrangiSettings
+    frangi_settings = frangi_settings or Settings().frangi
 
     soft, region_mask = crop.mask.array, crop.inside
     counting = count_mask(region_mask, spacing_mm)
@@ -184,11 +177,11 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
             raise InputImageError(f"{where}: the {crop.region} crop has no unmasked T2 ({crop.region}_t2.nii.gz; "
                                   "runs of pvsquant 0.1 lack it); re-run pvsquant run for this subject")
         image = crop.t2.array[box]
-        frangi = count_frangi(image, region, spacing_mm, FrangiSettings(fill_outside=False))
+        frangi = count_frangi(image, region, spacing_mm, frangi_settings)
         stacked = np.stack([image, frangi.vesselness, region])
     elif channels == 2:
         image = crop.image.array[box]
-        frangi = count_frangi(image, region, spacing_mm)
+        frangi = count_frangi(image, region, spacing_mm, dataclasses.replace(frangi_settings, fill_outside=True))
         stacked = np.stack([image, frangi.vesselness])
     else:
         raise ValueError(f"networks take 2 or 3 input channels, not {channels}")
@@ -197,23 +190,23 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
     return NetworkInput(x, m, box, counting, frangi)
 
 
-def model_channels(models: dict[tuple[str, str], Any], region: str) -> int:
+def model_channels(models: dict[tuple[str, str], Weights], region: str) -> int:
     """Input channels of a region's networks (they must agree)."""
-    found = {m.encoder.in_channels for (r, _), m in models.items() if r == region}
+    found = {w.in_channels for (r, _), w in models.items() if r == region}
     if len(found) > 1:
         raise InputImageError(f"the {region} networks take different inputs ({sorted(found)} channels); "
                               "use weights of one pvsquant version")
     return found.pop() if found else 3
 
 
-def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_mm: tuple[float, float, float],
-                 level: float = Settings.detection_level, min_mass: float = Settings.detection_min_mass
-                 ) -> RegionCounts:
+def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spacing_mm: tuple[float, float, float],
+                 level: float = Settings.detection_level, min_mass: float = Settings.detection_min_mass,
+                 frangi_settings: FrangiSettings | None = None) -> RegionCounts:
     """Counts of one region by every model, the attention map and the detected PVS."""
     import torch
 
     start = time.perf_counter()
-    net_input = network_input(crop, spacing_mm, model_channels(models, crop.region))
+    net_input = network_input(crop, spacing_mm, model_channels(models, crop.region), frangi_settings)
     image, counting, box, frangi, x, m = (crop.image.array, net_input.counting, net_input.box, net_input.frangi,
                                          net_input.x, net_input.mask)
     frangi_labels = np.zeros(image.shape, np.int32)
@@ -222,12 +215,12 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Any], spacing_m
     seconds: dict[str, float] = {"frangi": round(time.perf_counter() - start, 3)}
     attention = np.zeros(image.shape, np.float32)
     for name in NETWORKS:
-        model = models.get((crop.region, name))
-        if model is None:
+        weights = models.get((crop.region, name))
+        if weights is None:
             raise KeyError(f"no {name} weights for region {crop.region}")
         start = time.perf_counter()
         with torch.no_grad():
-            value, amap = model(x, m)
+            value, amap = weights.network(x, m)
         seconds[name] = round(time.perf_counter() - start, 3)
         counts[name] = float(value[0])
         if name == "gpunet":
@@ -254,17 +247,16 @@ def counts_rows(results: dict[str, RegionCounts], regions: tuple[str, ...]) -> l
 def save_count_outputs(results: dict[str, RegionCounts], regions: tuple[str, ...], t2: Volume,
                        out_dir: Path) -> list[dict[str, Any]]:
     """counts.tsv/json, attention_<region>.nii.gz, pvs.nii.gz and pvs.tsv (T2 grid, world RAS+ mm)."""
-    from ..io import save_volume, write_json
+    from ..io import save_volume, write_json, write_tsv
     from .roi import paste_back
 
     rows = counts_rows(results, regions)
-    lines = ["region\tmodel\tcount"] + [f"{r['region']}\t{r['model']}\t{'n/a' if r['count'] is None else r['count']}"
-                                        for r in rows]
-    (out_dir / "counts.tsv").write_text("\n".join(lines) + "\n")
+    write_tsv([{**r, "count": "n/a" if r["count"] is None else str(r["count"])} for r in rows],
+              ("region", "model", "count"), out_dir / "counts.tsv")
     write_json(rows, out_dir / "counts.json")
 
     pvs = np.zeros(t2.shape, np.int32)
-    table = ["id\tregion\tx\ty\tz\tpeak\tsize_vox"]
+    table: list[dict[str, Any]] = []
     next_id = 1
     inv = np.linalg.inv(t2.affine)
     for region, res in results.items():
@@ -277,9 +269,9 @@ def save_count_outputs(results: dict[str, RegionCounts], regions: tuple[str, ...
             vox = np.round(inv[:3, :3] @ np.asarray(det.xyz) + inv[:3, 3]).astype(int)
             if np.all((vox >= 0) & (vox < np.asarray(t2.shape))):
                 pvs[tuple(vox)] = next_id  # a PVS thinner than a slice still marks its peak
-            table.append(f"{next_id}\t{region}\t{det.xyz[0]:.2f}\t{det.xyz[1]:.2f}\t{det.xyz[2]:.2f}\t"
-                         f"{det.peak:.5f}\t{det.size_vox}")
+            table.append({"id": next_id, "region": region, "x": f"{det.xyz[0]:.2f}", "y": f"{det.xyz[1]:.2f}",
+                          "z": f"{det.xyz[2]:.2f}", "peak": f"{det.peak:.5f}", "size_vox": det.size_vox})
             next_id += 1
     save_volume(t2.with_array(pvs), out_dir / "pvs.nii.gz", dtype=np.int32)
-    (out_dir / "pvs.tsv").write_text("\n".join(table) + "\n")
+    write_tsv(table, ("id", "region", "x", "y", "z", "peak", "size_vox"), out_dir / "pvs.tsv")
     return rows

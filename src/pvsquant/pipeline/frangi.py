@@ -77,53 +77,10 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputImageError
+from ..types import FrangiSettings
 
 _HESSIAN_ORDERS = ((2, 0, 0), (1, 1, 0), (1, 0, 1), (0, 2, 0), (0, 1, 1), (0, 0, 2))
 _BLOCK = 1 << 18  # voxels per block of the eigenvalue step: keeps the temporaries in cache
-
-
-@dataclass(frozen=True)
-class FrangiSettings:
-    """Parameters of the Frangi baseline (see the module docstring for how they were chosen)."""
-
-    sigmas_mm: tuple[float, ...] = (0.5, 0.75, 1.0)
-    """Gaussian scales of the Hessian, in mm."""
-    alpha: float = 0.5
-    """Frangi's plate-vs-tube constant."""
-    beta: float = 0.5
-    """Frangi's blob-vs-tube constant."""
-    gamma: float = 0.05
-    """Frangi's structureness constant, on the scale-normalised Hessian (image units)."""
-    threshold: float = 0.2
-    """On the vesselness map (0 to ~0.86 for an ideal tube)."""
-    min_size_mm3: float = 1.0
-    """Smaller components are noise."""
-    max_size_mm3: float = 150.0
-    """Larger components are lesions or merged structures, not one PVS."""
-    min_elongation: float = 1.5
-    """Ratio of the two largest principal axes a component above ``round_min_size_mm3`` needs."""
-    round_min_size_mm3: float = 14.0
-    """Components above this volume (a 3 mm ball) must be elongated; 0 checks all, inf none."""
-    lesion_intensity: float | None = 0.6
-    """Intensity above which wide regions are lesions/CSF; None switches the lesion rule off."""
-    lesion_min_diameter_mm: float = 4.0
-    """Bright regions containing a ball of this diameter are lesions (PVS are <= 3 mm wide)."""
-    lesion_margin_mm: float = 1.0
-    """Vesselness within this distance of a lesion is ignored."""
-    fill_outside: bool = True
-    """Blend the image towards the region's median where the soft mask is below one."""
-
-    def __post_init__(self) -> None:
-        if len(self.sigmas_mm) == 0 or any(not np.isfinite(s) or s <= 0 for s in self.sigmas_mm):
-            raise ValueError(f"sigmas_mm must be one or more positive scales in mm, got {self.sigmas_mm!r}")
-        if min(self.alpha, self.beta, self.gamma) <= 0:
-            raise ValueError(f"alpha, beta and gamma must be positive, got {self.alpha}, {self.beta}, {self.gamma}")
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if not 0 <= self.min_size_mm3 <= self.max_size_mm3:
-            raise ValueError(f"need 0 <= min_size_mm3 <= max_size_mm3, got {self.min_size_mm3}, {self.max_size_mm3}")
-        if self.lesion_min_diameter_mm <= 0 or self.lesion_margin_mm < 0:
-            raise ValueError("lesion_min_diameter_mm must be positive and lesion_margin_mm non-negative")
 
 
 @dataclass(frozen=True)

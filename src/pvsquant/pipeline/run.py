@@ -202,9 +202,8 @@ def quantify_subject(
 
     with timer.stage("count", "PVS counts: GP-Unet and CNN, Frangi baseline"):
         counted = {
-            name: count_region(
-                crop, prep.models, settings.target_spacing_mm, settings.detection_level, settings.detection_min_mass
-            )
+            name: count_region(crop, prep.models, settings.target_spacing_mm, settings.detection_level,
+                               settings.detection_min_mass, settings.frangi)
             for name, crop in crops.items()
         }
         count_rows = save_count_outputs(counted, tuple(REGION_CODES), t2, out)
@@ -217,8 +216,8 @@ def quantify_subject(
                 res.counts["frangi"],
                 len(res.detections),
             )
-        model_files = {f"{r}_{m}": getattr(prep.models[(r, m)], "source", None) for r, m in sorted(prep.models)}
-        model_versions = {f"{r}_{m}": getattr(prep.models[(r, m)], "sha256", None) for r, m in sorted(prep.models)}
+        model_files = {f"{r}_{m}": prep.models[(r, m)].source for r, m in sorted(prep.models)}
+        model_versions = {f"{r}_{m}": prep.models[(r, m)].sha256 for r, m in sorted(prep.models)}
 
     subject = inputs.subject_id or (t2.source.name if t2.source else "subject")
     with timer.stage("figures", "regions.png, roi.png, attention.png, pvs.png, registration.png"):

@@ -3,6 +3,7 @@ detected PVS and the registration check (each a PNG in the output folder)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -22,6 +23,14 @@ REGION_COLOURS = {
     "midbrain": "#7CFC00",
 }
 
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 80, dark: bool = False) -> Path:
+    """Write a matplotlib figure as PNG (black background for image panels) and close it."""
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, facecolor="black" if dark else "white")
+    plt.close(fig)
+    return path
 
 def to_ras(volume: Volume) -> np.ndarray:
     """The array reoriented to the closest RAS+ axes (for display only)."""
@@ -67,9 +76,7 @@ def plot_regions_mosaic(t2: Volume, regions: Volume, path: str | Path, title: st
         fig.suptitle(title, color="white")
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     path = Path(path)
-    fig.savefig(path, dpi=90, facecolor="black")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90, dark=True)
 
 
 def plot_roi_crops(crops: dict, path: str | Path, n_slices: int = 5) -> Path:
@@ -94,9 +101,7 @@ def plot_roi_crops(crops: dict, path: str | Path, n_slices: int = 5) -> Path:
             ax.set_title(f"{name.replace('_', ' ')} z={k}", color="white", fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=80, facecolor="black")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80, dark=True)
 
 
 def display_box(region: np.ndarray, margin: int = 6) -> tuple[slice, slice]:
@@ -167,9 +172,7 @@ def plot_attention(crops: dict, counted: dict, path: str | Path) -> Path:
         axes[row, 2].set_title(f"overlay, {n} detected PVS on this slice", color="white", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=80, facecolor="black")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80, dark=True)
 
 
 def plot_detections(crops: dict, counted: dict, path: str | Path, n_slices: int = 4) -> Path:
@@ -199,9 +202,7 @@ def plot_detections(crops: dict, counted: dict, path: str | Path, n_slices: int 
             ax.set_title(f"{name.replace('_', ' ')} z={k}: {n} PVS", color="white", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=80, facecolor="black")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80, dark=True)
 
 
 def plot_registration(t1: Volume, t2: Volume, t2_to_t1: np.ndarray, path: str | Path, n_slices: int = 4) -> Path:
@@ -230,6 +231,4 @@ def plot_registration(t1: Volume, t2: Volume, t2_to_t1: np.ndarray, path: str | 
         ax.set_title(f"T2 slice {k}, T1 edges in red", color="white", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path = Path(path)
-    fig.savefig(path, dpi=90, facecolor="black")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90, dark=True)

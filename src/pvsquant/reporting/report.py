@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_file
 from ..labels import METHOD_TITLES, REGION_CODES
 
 MODEL_LABELS = {**METHOD_TITLES, "frangi": "Frangi baseline"}
@@ -170,7 +171,6 @@ def write_report(out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` from the folder's qc.json and figures."""
     out_dir = Path(out_dir)
     path = out_dir / "report.html"
-    tmp = path.with_suffix(".html.part")
-    tmp.write_text(build_report(out_dir), encoding="utf-8")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(build_report(out_dir), encoding="utf-8")
     return path
