@@ -17,7 +17,7 @@ from pvsquant.learning.finetune import (
 )
 from pvsquant.learning.synthesis import Tube, tube_occupancy
 from pvsquant.models import build_model, get_head, head_features, set_head
-from pvsquant.pipeline.counting import count_region, load_models
+from pvsquant.pipeline.counting import count_region, load_models, network_input, save_count_outputs
 from pvsquant.pipeline.roi import load_crop, save_crop, scale_to_region
 from pvsquant.types import RegionCrop, Volume
 
@@ -131,3 +131,20 @@ def test_cli_finetune_reports_too_few_subjects(cohort, tmp_path, capsys):
     assert main(["finetune", "--scores", str(scores), "--results", *map(str, folders), "--region", "midbrain",
                  "--out", str(tmp_path / "m")]) == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_finetune_reuses_the_runs_vesselness_exactly(tmp_path):
+    """A run saves the vesselness channel (roi/<region>_vesselness.nii.gz); read back, it gives the
+    same network input as recomputing it, without the Frangi filter."""
+    crop = synthetic_crop(6, np.random.default_rng(3))
+    counted = count_region(crop, load_models(), SPACING)
+    assert counted.vesselness is not None and counted.vesselness.shape == crop.image.shape
+    save_crop(crop, tmp_path / "roi")
+    save_count_outputs({"basal_ganglia": counted}, ("basal_ganglia",), Volume(np.zeros((8, 8, 8), np.float32),
+                       np.eye(4)), tmp_path)
+    loaded = load_crop(tmp_path / "roi", "basal_ganglia")
+    assert loaded.vesselness is not None
+    reused = network_input(loaded, SPACING, reuse_vesselness=True)
+    recomputed = network_input(loaded, SPACING)
+    assert reused.frangi is None and recomputed.frangi is not None
+    assert torch.equal(reused.x, recomputed.x)

@@ -28,7 +28,9 @@ def test_run_subject_writes_every_output(phantom_case, phantom_run):
     anatomy = nib.load(str(out / "anatomy.nii.gz"))
     assert anatomy.shape == nib.load(str(t1)).shape
     for region in REGION_CODES:
+        vesselness = nib.load(str(out / "roi" / f"{region}_vesselness.nii.gz"))
         roi = nib.load(str(out / "roi" / f"{region}.nii.gz"))
+        assert vesselness.shape == roi.shape and np.asarray(vesselness.dataobj).max() > 0
         np.testing.assert_allclose(np.sqrt((roi.affine[:3, :3] ** 2).sum(0)), [0.5, 0.5, 0.8], atol=1e-5)
         data = np.asarray(roi.dataobj)
         assert data.min() >= 0 and data.max() == pytest.approx(1.0)

@@ -115,6 +115,9 @@ class RegionCrop:
     t2: Volume | None = None
     """The same box of the T2 *without* the mask, scaled by the region's median
     (:func:`pvsquant.pipeline.roi.scale_to_region`): the networks' input (with the region as a channel)."""
+    vesselness: Volume | None = None
+    """The Frangi vesselness of ``t2`` (the networks' second channel) as a run computed it, read back
+    from ``roi/<region>_vesselness.nii.gz`` so that fine-tuning need not recompute it."""
 
     @property
     def inside(self) -> np.ndarray:

@@ -137,7 +137,7 @@ def cohort_features(scores: dict, result_dirs: list[Path], models: dict, setting
             continue
         spacing = crop.image.spacing_mm
         net_input = network_input(crop, (float(spacing[0]), float(spacing[1]), float(spacing[2])),
-                                  model_channels(models, region))
+                                  model_channels(models, region), reuse_vesselness=True)
         entry = per_region.setdefault(region, {"subjects": [], "rater1": [], **{m: [] for m in NETWORKS}})
         entry["subjects"].append(subject)
         entry["rater1"].append(scores[(subject, region)]["rater1"])

@@ -72,6 +72,8 @@ class RegionCounts:
     detection_labels: Volume
     frangi_labels: Volume
     seconds: dict[str, float] = field(default_factory=dict)
+    vesselness: Volume | None = None
+    """The networks' vesselness channel on the crop grid (three-channel networks only)."""
 
 
 def shipped_models_dir() -> Path:
@@ -154,13 +156,15 @@ class NetworkInput:
     mask: Any  # torch tensor (1, 1, X, Y, Z)
     box: tuple[slice, ...]
     counting: np.ndarray  # on the whole crop
-    frangi: Any  # FrangiCount of the box
+    frangi: Any  # FrangiResult of the box; None when the crop's saved vesselness was reused
 
 
 def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], channels: int = 3,
-                  frangi_settings: FrangiSettings | None = None) -> NetworkInput:
+                  frangi_settings: FrangiSettings | None = None, reuse_vesselness: bool = False) -> NetworkInput:
     """The networks' input of one region crop (shared by counting and fine-tuning); the vesselness
-    channel and the Frangi baseline by ``frangi_settings`` (``Settings().frangi`` by default)."""
+    channel and the Frangi baseline by ``frangi_settings`` (``Settings().frangi`` by default).
+    With ``reuse_vesselness`` a crop read back from a run (``crop.vesselness``) gives its saved
+    vesselness channel instead (no Frangi count then)."""
     import dataclasses
 
     import torch
@@ -177,8 +181,12 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
             raise InputImageError(f"{where}: the {crop.region} crop has no unmasked T2 ({crop.region}_t2.nii.gz; "
                                   "runs of pvsquant 0.1 lack it); re-run pvsquant run for this subject")
         image = crop.t2.array[box]
-        frangi = count_frangi(image, region, spacing_mm, frangi_settings)
-        stacked = np.stack([image, frangi.vesselness, region])
+        if reuse_vesselness and crop.vesselness is not None and crop.vesselness.shape == crop.t2.shape:
+            frangi, vesselness = None, crop.vesselness.array[box]
+        else:
+            frangi = count_frangi(image, region, spacing_mm, frangi_settings)
+            vesselness = frangi.vesselness
+        stacked = np.stack([image, vesselness, region])
     elif channels == 2:
         image = crop.image.array[box]
         frangi = count_frangi(image, region, spacing_mm, dataclasses.replace(frangi_settings, fill_outside=True))
@@ -230,8 +238,13 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spaci
     centres = [world_coordinates(affine, np.array([p]))[0] for p, *_ in found]
     detections = [Detection(crop.region, (float(c[0]), float(c[1]), float(c[2])), peak, size)
                   for c, (_, peak, size, _) in zip(centres, found, strict=True)]
+    vesselness = None
+    if x.shape[1] == 3:  # the vesselness channel on the whole crop grid, for fine-tuning to reuse
+        full = np.zeros(image.shape, np.float32)
+        full[box] = x[0, 1].numpy()
+        vesselness = Volume(full, affine)
     return RegionCounts(crop.region, counts, Volume(attention, affine), detections, Volume(labels, affine),
-                        Volume(frangi_labels, affine), seconds)
+                        Volume(frangi_labels, affine), seconds, vesselness)
 
 
 def counts_rows(results: dict[str, RegionCounts], regions: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -261,6 +274,8 @@ def save_count_outputs(results: dict[str, RegionCounts], regions: tuple[str, ...
     inv = np.linalg.inv(t2.affine)
     for region, res in results.items():
         save_volume(paste_back(res.attention, t2), out_dir / f"attention_{region}.nii.gz", dtype=np.float32)
+        if res.vesselness is not None:
+            save_volume(res.vesselness, out_dir / "roi" / f"{region}_vesselness.nii.gz", dtype=np.float32)
         if not res.detections:
             continue
         on_t2 = paste_back(res.detection_labels, t2, order=0).array.astype(np.int32)

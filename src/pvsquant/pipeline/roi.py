@@ -180,5 +180,8 @@ def load_crop(roi_dir: Path, region: str) -> RegionCrop | None:
     inside = _read_map(region_file, f"{region} region").array > 0 if region_file.is_file() else mask.array >= 0.5
     t2_file = Path(roi_dir) / f"{region}_t2.nii.gz"
     t2 = _read_map(t2_file, f"{region} T2 network input") if t2_file.is_file() else None
+    vesselness_file = Path(roi_dir) / f"{region}_vesselness.nii.gz"
+    vesselness = _read_map(vesselness_file, f"{region} vesselness") if vesselness_file.is_file() else None
     return RegionCrop(region=region, image=image, mask=mask, grid_affine=image.affine, box_start=(0, 0, 0),
-                      box_shape=image.shape, clipped=False, region_mask=image.with_array(inside), t2=t2)
+                      box_shape=image.shape, clipped=False, region_mask=image.with_array(inside), t2=t2,
+                      vesselness=vesselness)
