@@ -179,6 +179,34 @@ class FrangiSettings:
             raise ValueError("lesion_min_diameter_mm must be positive and lesion_margin_mm non-negative")
 
 
+def default_qc_limits() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """The quality gates' ranges (pass, warn); see ``Settings.qc_limits``."""
+    no = 1e9
+    limits = {
+        "t1_slice_mm": ((0.0, 6.0), (0.0, 8.0)),
+        "t2_slice_mm": ((0.0, 6.0), (0.0, 8.0)),
+        "t2_snr": ((8.0, no), (4.0, no)),
+        "t2_ghosting": ((-no, 0.05), (-no, 0.12)),
+        "t2_csf_to_wm": ((1.5, no), (1.1, no)),
+        "t1_wm_to_cortex": ((1.05, no), (0.95, no)),
+        "t1_wm_to_csf": ((1.5, no), (1.1, no)),
+        "registration_mi": ((0.45, no), (0.3, no)),
+        "brain_in_head": ((0.97, 1.0), (0.9, 1.0)),
+        "header_rotation_deg": ((0.0, 5.0), (0.0, 20.0)),
+        "header_translation_mm": ((0.0, 10.0), (0.0, 30.0)),
+        "in_fov": ((0.95, 1.0), (0.6, 1.0)),
+        "lr_asymmetry": ((0.0, 0.15), (0.0, 0.3)),
+        "brain_above_caudate_mm": ((30.0, no), (15.0, no)),
+        "pvs_per_ml": ((0.0, 3.0), (0.0, 6.0)),
+        "attention_outside": ((0.0, 0.5), (0.0, 0.8)),
+    }
+    volumes = {"centrum_semiovale": (40.0, 300.0), "basal_ganglia": (20.0, 90.0), "hippocampi": (3.0, 16.0),
+               "midbrain": (2.0, 20.0)}  # plausible adult volumes (ml)
+    for region, (lo, hi) in volumes.items():
+        limits[f"volume:{region}"] = ((lo, hi), (0.0, 2 * hi))
+    return limits
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of a run. Built once (by the CLI), passed explicitly, saved as JSON."""
@@ -242,6 +270,11 @@ class Settings:
     """Flag when |Mattes MI| at the solution is below this. On the example pair: 0.80 aligned,
     0.31 when misaligned by 10 degrees and 15 mm."""
     overlap_warn_fraction: float = 0.8
+    qc_limits: dict[str, tuple[tuple[float, float], tuple[float, float]]] = field(
+        default_factory=lambda: default_qc_limits())
+    """Quality gates (:mod:`pvsquant.pipeline.quality`): per check, the range that passes and the
+    range that warns; outside both it fails. ``volume:<region>`` etc. are per region. 1e9 is
+    'no bound'. Calibrated in ``benchmarks/results_quality_gates.md``."""
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

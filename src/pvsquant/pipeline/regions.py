@@ -19,21 +19,16 @@ Definitions (codes of ``regions.nii.gz``)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from .. import labels as fs
 from ..grids import ball, resample, resample_labels, reslice_affine, voxel_indices, world_coordinates
-from ..types import REGION_CODES, Anatomy, QCFlag, RigidTransform, Settings, Volume
+from ..types import REGION_CODES, Anatomy, QCFlag, RigidTransform, Settings, Volume, default_qc_limits
 
-EXPECTED_VOLUME_ML = {
-    "centrum_semiovale": (40.0, 300.0),
-    "basal_ganglia": (20.0, 90.0),
-    "hippocampi": (3.0, 16.0),
-    "midbrain": (2.0, 20.0),
-}
+EXPECTED_VOLUME_ML = {name: default_qc_limits()[f"volume:{name}"][0] for name in REGION_CODES}
 """Plausible adult volumes (ml); outside them a QC flag is raised, not an error."""
 
 
@@ -46,6 +41,10 @@ class Regions:
     caudate_top_mm: float | None
     volumes_ml: dict[str, float]
     flags: tuple[QCFlag, ...]
+    in_fov: dict[str, float] = field(default_factory=dict)
+    """Fraction of each (non-empty) region inside the T2's field of view, before the cut."""
+    brain_above_caudate_mm: float | None = None
+    """Height of the highest white matter above the caudate's top: room for the CSO slab."""
 
 
 def work_grid(t2: Volume, spacing_mm: float, anatomy: Anatomy | None = None,
@@ -122,10 +121,12 @@ def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settin
     flags: list[QCFlag] = []
 
     caudate = np.isin(labels, fs.CAUDATE)
-    caudate_top = None
+    caudate_top, brain_above = None, None
     if caudate.any():
         height = heights_mm(affine, shape, superior)
         caudate_top = float(height[caudate].max())
+        wm = np.isin(labels, fs.WM)
+        brain_above = float(height[wm].max()) - caudate_top if wm.any() else None
         low = caudate_top + settings.cso_offset_mm
         high = low + settings.cso_slab_thickness_mm
         cso = np.isin(labels, (*fs.WM, fs.WM_LESION)) & (height >= low) & (height < high)
@@ -138,9 +139,12 @@ def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settin
     # The T1 may cover more than the T2: what lies outside the T2's field of view is dropped.
     vox_ml = settings.work_spacing_mm ** 3 / 1000.0
     outside = ~inside_field_of_view(affine, shape, t2)
+    in_fov: dict[str, float] = {}
     for name, code in REGION_CODES.items():
         region = regions == code
         cut = int((region & outside).sum())
+        if region.any():
+            in_fov[name] = 1.0 - cut / int(region.sum())
         if cut > 0.05 * max(int(region.sum()), 1):
             flags.append(QCFlag(f"region_cut_by_fov_{name}", f"{100 * cut / region.sum():.0f}% of region {name} "
                                 "lies outside the T2's field of view and is dropped"))
@@ -153,7 +157,7 @@ def make_regions(anatomy: Anatomy, transform: RigidTransform, t2: Volume, settin
         elif not lo <= v <= hi:
             flags.append(QCFlag(f"region_volume_{name}",
                                 f"region {name} measures {v:.1f} ml; expected {lo:g}-{hi:g} ml", "warn"))
-    return Regions(Volume(regions, affine), superior, caudate_top, volumes, tuple(flags))
+    return Regions(Volume(regions, affine), superior, caudate_top, volumes, tuple(flags), in_fov, brain_above)
 
 
 def regions_on_grid(regions: Regions, affine: np.ndarray, shape: tuple[int, ...]) -> Volume:

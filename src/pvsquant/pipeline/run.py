@@ -30,9 +30,18 @@ from ..reporting.report import write_report
 from ..types import REGION_CODES, Anatomy, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
 from .anatomy import segment_anatomy, structure_volumes_ml
 from .counting import count_region, load_models, primary_counts, save_count_outputs
+from .quality import (
+    QCCheck,
+    anatomy_checks,
+    attention_outside_fraction,
+    counting_checks,
+    input_checks,
+    registration_checks,
+    subject_status,
+)
 from .regions import Regions, make_regions, regions_on_grid
 from .registration import register_t1_to_t2
-from .roi import crop_regions, save_crop
+from .roi import count_mask, crop_regions, save_crop
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +127,7 @@ class PreparedSubject:
     t2: Volume
     overlap: float
     flags: list[QCFlag]
+    checks: list[QCCheck]
     models: dict
     transform: RigidTransform
     anatomy: Anatomy
@@ -154,7 +164,20 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
         flags.extend(regions.flags)
         for name, ml in regions.volumes_ml.items():
             log.info("  %-18s %7.1f ml", name, ml)
-    return PreparedSubject(inputs, t1, t2, overlap, flags, models, transform, anatomy, regions)
+
+    with timer.stage("quality", "quality gates of the inputs, registration, anatomy and regions"):
+        checks = (input_checks(t1, t2, anatomy, transform, settings)
+                  + registration_checks(t2, anatomy, transform, settings)
+                  + anatomy_checks(anatomy, regions.volumes_ml, regions.in_fov, regions.brain_above_caudate_mm,
+                                   settings))
+        log_checks(checks)
+    return PreparedSubject(inputs, t1, t2, overlap, flags, checks, models, transform, anatomy, regions)
+
+
+def log_checks(checks: list[QCCheck]) -> None:
+    for c in checks:
+        if c.status != "pass":
+            log.warning("  QC %s: %s", c.status.upper(), c.message)
 
 
 def quantify_subject(
@@ -216,6 +239,13 @@ def quantify_subject(
                 res.counts["frangi"],
                 len(res.detections),
             )
+        outside = {name: attention_outside_fraction(res.attention.array,
+                                                    count_mask(crops[name].inside, settings.target_spacing_mm))
+                   for name, res in counted.items()}
+        count_checks = counting_checks({name: res.counts for name, res in counted.items()}, regions.volumes_ml,
+                                       outside, settings)
+        log_checks(count_checks)
+        checks = [*prep.checks, *count_checks]
         model_files = {f"{r}_{m}": prep.models[(r, m)].source for r, m in sorted(prep.models)}
         model_versions = {f"{r}_{m}": prep.models[(r, m)].sha256 for r, m in sorted(prep.models)}
 
@@ -232,8 +262,10 @@ def quantify_subject(
         "pvsquant_version": __version__,
         "subject": inputs.subject_id,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "status": "warn" if flags else "pass",
-        "flags": [{"code": f.code, "message": f.message, "severity": f.severity} for f in flags],
+        "status": subject_status(checks, flags),
+        "flags": [{"code": f.code, "message": f.message, "severity": f.severity} for f in flags]
+        + [{"code": c.name, "message": c.message, "severity": c.status} for c in checks if c.status != "pass"],
+        "checks": [c.to_json() for c in checks],
         "inputs": {
             "t1": describe_input(t1),
             "t2": describe_input(t2),
