@@ -57,7 +57,9 @@ def test_report_in_headless_chromium(run_output, tmp_path):
     table = re.search(r'<table id="counts">(.*?)</table>', dom, re.S)
     assert table is not None
     assert len(re.findall(r"<tr>", table.group(1))) == 1 + len(REGION_CODES)
-    assert re.search(r'id="qc-status">(pass|warn)<', dom)
+    status = json.loads((run_output / "qc.json").read_text())["status"]
+    assert f'id="qc-status">{status}<' in dom
+    assert ('id="qc-banner"' in dom) == (status == "fail")  # the phantom's painted contrasts may fail a gate
 
 
 def test_cli_report_rebuilds_and_refuses_other_folders(run_output, tmp_path):

@@ -143,3 +143,10 @@ def test_pair_from_different_places_is_refused(example, tmp_path, caplog):
     out = tmp_path / "out"
     assert main(["run", "--t1", str(far), "--t2", str(inputs.t2), "--out", str(out)]) == 1
     assert "do not overlap" in caplog.text and not out.exists()
+
+
+def test_clean_example_passes_every_quality_gate(demo_out):
+    """A clean clinical pair: no gate may warn or fail (the gates' false alarms, measured)."""
+    qc = json.loads((demo_out / "qc.json").read_text())
+    not_passed = [c["message"] for c in qc["checks"] if c["status"] != "pass"]
+    assert not not_passed and qc["status"] == "pass", not_passed

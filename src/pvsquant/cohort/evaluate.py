@@ -55,6 +55,8 @@ class Cohort:
     extra_columns: list[str] = field(default_factory=list)
     incomplete_pairs: list[str] = field(default_factory=list)
     """``subject/region`` of a subject in both tables lacking a region's counts or scores (or n/a)."""
+    failed_qc: list[str] = field(default_factory=list)
+    """Subjects whose run failed its quality gates (qc.json status 'fail'): left out."""
 
 
 def region_name(value: str, where: str) -> str:
@@ -110,10 +112,12 @@ def read_counts_table(path: Path, subject: str | None = None) -> dict[tuple[str,
     return counts
 
 
-def read_results(out_dirs: list[Path]) -> tuple[dict[tuple[str, str], dict[str, float]], list[str]]:
-    """counts.tsv of ``pvsquant run`` folders (subject = folder name), and the synthetic ones among them."""
+def read_results(out_dirs: list[Path]) -> tuple[dict[tuple[str, str], dict[str, float]], list[str], list[str]]:
+    """counts.tsv of ``pvsquant run`` folders (subject = folder name), the synthetic subjects among
+    them, and those whose quality gates failed (their counts are not returned)."""
     counts: dict[tuple[str, str], dict[str, float]] = {}
-    synthetic = []
+    synthetic: list[str] = []
+    failed: list[str] = []
     names = [Path(d).name for d in out_dirs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -122,14 +126,18 @@ def read_results(out_dirs: list[Path]) -> tuple[dict[tuple[str, str], dict[str, 
         table = folder / "counts.tsv"
         if not table.is_file():
             raise InputFileNotFoundError(f"{folder} is not a pvsquant run output: {table} does not exist")
+        try:
+            qc = json.loads((folder / "qc.json").read_text())
+        except (OSError, ValueError):
+            qc = {}
+        if qc.get("status") == "fail":
+            failed.append(folder.name)
+            continue
         for key, values in read_counts_table(table, folder.name).items():
             counts[key] = values
-        try:
-            if json.loads((folder / "qc.json").read_text()).get("synthetic"):
-                synthetic.append(folder.name)
-        except (OSError, ValueError):
-            pass
-    return counts, synthetic
+        if qc.get("synthetic"):
+            synthetic.append(folder.name)
+    return counts, synthetic, failed
 
 
 def join(scores: dict, extra: list[str], counts: dict, synthetic: list[str] | None = None) -> Cohort:
@@ -237,6 +245,9 @@ def cohort_notes(cohort: Cohort) -> list[str]:
             f"{len({r['subject'] for r in cohort.rows})} subjects are synthetic cases whose 'visual scores' "
             "are known numbers of injected PVS, not a rater's scores."
         )
+    if cohort.failed_qc:
+        notes.append(f"Subjects whose quality gates failed (qc.json status 'fail'; left out): "
+                     f"{', '.join(cohort.failed_qc)}")
     if cohort.only_in_scores:
         notes.append(f"Subjects with visual scores but no counts (left out): {', '.join(cohort.only_in_scores)}")
     if cohort.only_in_counts:
@@ -380,10 +391,12 @@ def evaluate_cohort(
         raise InputTableError("give either result folders or one counts table, not both or neither")
     scores, extra = read_scores(Path(scores_path))
     if counts_path:
-        counts, synthetic = read_counts_table(Path(counts_path)), list[Any]()
+        counts, synthetic, failed = read_counts_table(Path(counts_path)), list[str](), list[str]()
     else:
-        counts, synthetic = read_results([Path(r) for r in results or []])
+        counts, synthetic, failed = read_results([Path(r) for r in results or []])
     cohort = join(scores, extra, counts, synthetic)
+    cohort.failed_qc = failed
+    cohort.only_in_scores = [s for s in cohort.only_in_scores if s not in failed]
     for note in cohort_notes(cohort):
         log.warning(note)
     correlation, williams = correlation_table(cohort), williams_table(cohort)

@@ -33,6 +33,7 @@ th { background: #f2f2f2; text-align: left; } td.num { text-align: right; font-v
 .status { display: inline-block; padding: 2px 12px; border-radius: 10px; color: #fff; font-weight: bold; }
 .pass { background: #2e7d32; } .warn { background: #ef8c00; } .fail { background: #c62828; }
 .banner { background: #fff3cd; border: 1px solid #e0b000; padding: 8px 12px; margin: 10px 0; }
+.banner.failed { background: #c62828; border-color: #8e0000; color: #fff; font-weight: bold; }
 .note { color: #555; font-size: 0.9em; } figure { margin: 0.8em 0; } figure img { max-width: 100%; }
 figcaption { color: #444; font-size: 0.9em; }
 """
@@ -108,12 +109,33 @@ def header_table(qc: dict[str, Any]) -> str:
     return "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
 def qc_section(qc: dict[str, Any]) -> str:
+    """QC status (a banner when it failed), the flags, and every quality gate's measured value."""
     status = qc.get("status", "fail")
     flags = qc.get("flags", [])
     items = "".join(f"<li><b>{_esc(f['severity'])}</b> {_esc(f['code'])}: {_esc(f['message'])}</li>" for f in flags)
     reasons = f"<ul>{items}</ul>" if items else "<p>No QC flags.</p>"
-    return f'<p>QC status: <span class="status {_esc(status)}" id="qc-status">{_esc(status)}</span></p>{reasons}'
+    banner = ""
+    if status == "fail":
+        why = "; ".join(f["message"] for f in flags if f.get("severity") == "fail") or "see the flags below"
+        banner = (f'<div class="banner failed" id="qc-banner">QC FAILED: {_esc(why)}. The counts below are not '
+                  "reliable; cohort statistics leave this subject out.</div>")
+    checks = qc.get("checks", [])
+    table = ""
+    if checks:
+        rows = "".join(
+            f'<tr><td>{_esc(c["stage"])}</td><td>{_esc(c["name"])}</td><td class="num">{_number(c["value"])}</td>'
+            f'<td><span class="status {_esc(c["status"])}">{_esc(c["status"])}</span></td>'
+            f'<td>{_esc(c["message"])}</td></tr>' for c in checks)
+        table = ("<details><summary>Quality gates: every measured value and its range</summary>"
+                 '<table id="qc-checks"><tr><th>stage</th><th>check</th><th>value</th><th>status</th>'
+                 f"<th>what</th></tr>{rows}</table></details>")
+    return (f'{banner}<p>QC status: <span class="status {_esc(status)}" id="qc-status">{_esc(status)}</span></p>'
+            f"{reasons}{table}")
 
 
 def build_report(out_dir: Path) -> str:
