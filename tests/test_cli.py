@@ -151,3 +151,18 @@ def test_run_reproduces_a_settings_file_and_options_override_it(phantom_case, tm
     assert saved["cso_offset_mm"] == 12.0 and saved["detection_min_mass"] == 0.2
     assert saved["threads"] == 2  # the command line wins over the file
     assert Settings.from_json(out / "settings.json").cso_offset_mm == 12.0
+
+
+def test_t2_only_run(phantom_case, tmp_path):
+    """No --t1: the anatomy is made on the T2 (here the user's labels, on the T2's world), nothing is
+    registered, and qc.json and the report say so."""
+    _, t2, aseg = phantom_case
+    out = tmp_path / "out"
+    assert main(["run", "--t2", str(t2), "--labels", str(aseg), "--out", str(out)]) == 0
+    qc = json.loads((out / "qc.json").read_text())
+    assert qc["anatomy_from"] == "T2" and qc["inputs"]["t1"] is None
+    assert qc["registration"]["method"].startswith("none")
+    assert not (out / "registration.png").exists() and (out / "counts.tsv").is_file()
+    assert "anatomy_from_t2" in {f["code"] for f in qc["flags"]}
+    assert not {c["name"] for c in qc["checks"]} & {"t1_slice_mm", "t1_wm_to_csf", "registration_mi"}
+    assert "from the T2" in (out / "report.html").read_text()

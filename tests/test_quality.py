@@ -22,7 +22,7 @@ from pvsquant.pipeline.quality import (
 )
 from pvsquant.pipeline.registration import rigid_from_parameters
 from pvsquant.reporting.report import write_report
-from pvsquant.types import QCFlag, RigidTransform, Settings
+from pvsquant.types import Anatomy, QCFlag, RigidTransform, Settings, Volume
 
 from .anatomy_phantom import label_phantom
 
@@ -158,3 +158,25 @@ def test_failed_subject_gets_a_red_banner_and_is_left_out_of_statistics(phantom_
     assert result["cohort"].failed_qc == ["sub-5"]
     assert {r["subject"] for r in result["cohort"].rows} == {f"sub-{i}" for i in range(5)}
     assert "quality gates failed" in result["summary"] and "sub-5" in result["summary"]
+
+
+def test_ghosting_index_sees_ghosts_beyond_the_head():
+    """A brain with its ghosts along the phase direction, as motion makes them, raises the index."""
+    shape, spacing = (120, 120, 24), (2.0, 2.0, 5.0)
+    affine = np.diag([*spacing, 1.0])
+    x, y, z = (np.indices(shape) - (np.asarray(shape) - 1)[:, None, None, None] / 2) * np.asarray(spacing)[
+        :, None, None, None]
+    radius = np.sqrt(x ** 2 + y ** 2 + (z * 1.5) ** 2)
+    labels = np.where(radius < 45, fs.WM[0], 0)
+    labels[radius < 12] = fs.LATERAL_VENTRICLE[0]
+    rng = np.random.default_rng(2)
+    t2 = np.where(labels == fs.WM[0], 300.0, 0.0) + 1000.0 * (labels == fs.LATERAL_VENTRICLE[0])
+    t2 = t2 + rng.normal(0, 5, shape).clip(0)
+    head = Volume(labels.astype(np.int32), affine)
+    anatomy = Anatomy(head, "labels")
+    ghosted = t2 + sum(0.4 * np.roll(t2, shift, axis=1) for shift in (-60, -30, 30, 60))
+    clean = by_name(input_checks(head.with_array(t2), head.with_array(t2), anatomy, IDENTITY, Settings(),
+                                 t2_only=True))["t2_ghosting"]
+    moved = by_name(input_checks(head.with_array(t2), head.with_array(ghosted), anatomy, IDENTITY, Settings(),
+                                 t2_only=True))["t2_ghosting"]
+    assert clean.status == "pass" and moved.value > 3 * clean.value and moved.status != "pass"

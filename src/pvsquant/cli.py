@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="one subject: T1 + T2 -> regions and network inputs")
-    run.add_argument("--t1", required=True, type=Path, help="T1-weighted NIfTI")
+    run.add_argument("--t1", type=Path, help="T1-weighted NIfTI (leave out when there is none: the anatomy "
+                     "then comes from the T2, less accurately; qc.json says anatomy_from T2)")
     run.add_argument("--t2", required=True, type=Path, help="T2-weighted NIfTI")
     run.add_argument("--out", required=True, type=Path, help="output folder (created; must not exist)")
     run.add_argument("--labels", type=Path, help="your own aseg-coded label map on the T1 (skips segmentation)")

@@ -186,7 +186,7 @@ def default_qc_limits() -> dict[str, tuple[tuple[float, float], tuple[float, flo
         "t1_slice_mm": ((0.0, 6.0), (0.0, 8.0)),
         "t2_slice_mm": ((0.0, 6.0), (0.0, 8.0)),
         "t2_snr": ((8.0, no), (4.0, no)),
-        "t2_ghosting": ((-no, 0.05), (-no, 0.12)),
+        "t2_ghosting": ((-no, 0.05), (-no, 0.15)),
         "t2_csf_to_wm": ((1.5, no), (1.1, no)),
         "t1_wm_to_cortex": ((1.05, no), (0.95, no)),
         "t1_wm_to_csf": ((1.5, no), (1.1, no)),
@@ -361,7 +361,8 @@ def _like(default: Any, value: Any, what: str) -> Any:
 class SubjectInputs:
     """What one subject's run needs."""
 
-    t1: Path
+    t1: Path | None
+    """None: no T1, the anatomy comes from the T2 itself (``pvsquant run --t2`` alone)."""
     t2: Path
     labels: Path | None = None
     subject_id: str | None = None

@@ -150,3 +150,18 @@ def test_clean_example_passes_every_quality_gate(demo_out):
     qc = json.loads((demo_out / "qc.json").read_text())
     not_passed = [c["message"] for c in qc["checks"] if c["status"] != "pass"]
     assert not not_passed and qc["status"] == "pass", not_passed
+
+
+def test_t2_only_on_the_example(demo_out, tmp_path):
+    """pvsquant run --t2 alone on the example: anatomy from the T2, regions close to those from the T1."""
+    inputs = example_inputs()
+    out = tmp_path / "t2only"
+    assert main(["run", "--t2", str(inputs.t2), "--out", str(out)]) == 0
+    qc = json.loads((out / "qc.json").read_text())
+    assert qc["anatomy_from"] == "T2"
+    with_t1 = np.asarray(nib.load(str(demo_out / "regions.nii.gz")).dataobj)
+    alone = np.asarray(nib.load(str(out / "regions.nii.gz")).dataobj)
+    for name, code in REGION_CODES.items():
+        a, b = with_t1 == code, alone == code
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert dice > 0.6, f"{name}: Dice {dice:.2f} between the T2-only and the T1+T2 regions"

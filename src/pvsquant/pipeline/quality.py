@@ -10,8 +10,8 @@ Stages and what they measure:
 
 input
     slice thickness of the T1 and T2; signal-to-noise of the T2 (brain median over the noise of
-    Immerkaer's Laplacian estimate); a ghosting index (mean T2 in the background, away from the
-    head, over the brain median); the contrasts that say the T2 is a T2 (CSF brighter than white
+    Immerkaer's Laplacian estimate); a ghosting index (mean T2 more than 30 mm from the brain,
+    beyond the scalp, over the brain median); the contrasts that say the T2 is a T2 (CSF brighter than white
     matter) and the T1 a T1 (white matter brighter than cortex and CSF).
 registration
     mutual information at the solution; the fraction of the T1's brain that lands inside the T2's
@@ -39,6 +39,8 @@ from ..grids import resample_labels
 from ..types import Anatomy, QCFlag, RigidTransform, Settings, Volume
 
 STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+GHOST_DISTANCE_MM = 30.0
+"""The ghosting index looks this far from the brain: beyond the scalp, where only ghosts and noise are."""
 OPEN = 1e9
 """A range bound that is no bound (JSON has no infinity)."""
 
@@ -140,10 +142,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def input_checks(t1: Volume, t2: Volume, anatomy: Anatomy, transform: RigidTransform,
-                 settings: Settings) -> list[QCCheck]:
-    """Slice thickness, SNR, ghosting and contrast of the inputs."""
-    checks = [check("t1_slice_mm", "input", float(t1.spacing_mm.max()), "T1 slice thickness (mm)", settings),
-              check("t2_slice_mm", "input", float(t2.spacing_mm.max()), "T2 slice thickness (mm)", settings)]
+                 settings: Settings, t2_only: bool = False) -> list[QCCheck]:
+    """Slice thickness, SNR, ghosting and contrast of the inputs (``t2_only``: no T1 checks)."""
+    checks = [] if t2_only else [check("t1_slice_mm", "input", float(t1.spacing_mm.max()),
+                                       "T1 slice thickness (mm)", settings)]
+    checks.append(check("t2_slice_mm", "input", float(t2.spacing_mm.max()), "T2 slice thickness (mm)", settings))
     image = t2.array.astype(np.float32)
     on_t2 = labels_on(t2, anatomy, transform)
     brain = on_t2 > 0
@@ -152,15 +155,16 @@ def input_checks(t1: Volume, t2: Volume, anatomy: Anatomy, transform: RigidTrans
     sigma = noise_sigma(image, int(np.argmax(t2.spacing_mm)), brain & head)
     snr = _ratio(brain_median, sigma) if math.isfinite(sigma) else None
     checks.append(check("t2_snr", "input", snr, "T2 signal-to-noise (brain median / Immerkaer noise)", settings))
-    margin = max(1, round(10.0 / float(t2.spacing_mm.min())))
-    away = ~ndimage.binary_dilation(head, iterations=margin)
+    away = ndimage.distance_transform_edt(~brain, sampling=t2.spacing_mm) > GHOST_DISTANCE_MM
     ghost = _ratio(float(image[away].mean()), brain_median) if away.sum() >= 1000 else None
-    checks.append(check("t2_ghosting", "input", ghost, "T2 ghosting index (background mean / brain median)",
-                        settings))
+    checks.append(check("t2_ghosting", "input", ghost, f"T2 ghosting index (mean beyond {GHOST_DISTANCE_MM:g} mm "
+                        "of the brain / brain median)", settings))
     csf_t2 = _median(image, np.isin(on_t2, fs.LATERAL_VENTRICLE))
     wm_t2 = _median(image, np.isin(on_t2, fs.WM))
     checks.append(check("t2_csf_to_wm", "input", _ratio(csf_t2, wm_t2),
                         "T2 contrast: ventricles / white matter (a T2 shows CSF bright)", settings))
+    if t2_only:
+        return checks
     labels = anatomy.labels.array
     t1_image = t1.array.astype(np.float32)
     wm_t1 = _median(t1_image, np.isin(labels, fs.WM))

@@ -8,6 +8,7 @@ whole run succeeded.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import resource
@@ -91,7 +92,7 @@ def describe_input(volume: Volume) -> dict[str, Any]:
 def input_flags(t1: Volume, t2: Volume, overlap: float, settings: Settings) -> list[QCFlag]:
     """Usable but doubtful inputs: thick slices, partial overlap."""
     flags = []
-    for role, vol in (("T1", t1), ("T2", t2)):
+    for role, vol in (("T1", t1), ("T2", t2)) if t1 is not t2 else (("T2", t2),):
         thickest = float(vol.spacing_mm.max())
         if thickest > settings.thick_slice_warn_mm:
             flags.append(QCFlag(f"thick_slices_{role.lower()}",
@@ -134,30 +135,44 @@ class PreparedSubject:
     regions: Regions
 
 
+def anatomy_settings_for_t2(settings: Settings) -> Settings:
+    """The atlas (a T1 template) registered to a T2: mutual information instead of cross-correlation,
+    and no intensity refinement (its tissue model is that of a T1)."""
+    return dataclasses.replace(settings, atlas_syn_metric="mattes", refine_labels=False)
+
+
 def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer) -> PreparedSubject:
     """Load and check the inputs and weights, register T1 -> T2, label the T1, make the regions."""
-    with timer.stage("load", "reading and checking the T1, the T2 and the network weights"):
-        t1 = load_volume(inputs.t1, "T1")
+    t2_only = inputs.t1 is None
+    with timer.stage("load", "reading and checking the inputs and the network weights"):
         t2 = load_volume(inputs.t2, "T2")
+        t1 = t2 if inputs.t1 is None else load_volume(inputs.t1, "T1")
         user_labels = load_volume(inputs.labels, "label map", labels=True) if inputs.labels else None
-        overlap = check_pair_overlap(t1, t2)
+        overlap = 1.0 if t2_only else check_pair_overlap(t1, t2)
         flags = input_flags(t1, t2, overlap, settings)
         models = load_models(settings.models_dir, settings.threads)  # fail fast on bad weights
 
-    with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information)"):
-        transform = register_t1_to_t2(t1, t2, settings)
-        log.info(
-            "  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
-            transform.rotation_deg,
-            transform.translation_mm,
-            transform.score,
-            transform.initial_score,
-        )
-        flags.extend(registration_flags(transform, settings))
+    if t2_only:  # the anatomy is made on the T2 itself: nothing to register
+        transform = RigidTransform(np.eye(4), float("nan"), float("nan"))
+        flags.append(QCFlag("anatomy_from_t2", "no T1: the anatomical labels come from the T2 (atlas registered "
+                            "with mutual information); small structures are less accurate than from a T1", "warn"))
+    else:
+        with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information)"):
+            transform = register_t1_to_t2(t1, t2, settings)
+            log.info(
+                "  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
+                transform.rotation_deg,
+                transform.translation_mm,
+                transform.score,
+                transform.initial_score,
+            )
+            flags.extend(registration_flags(transform, settings))
 
     method = "labels" if user_labels is not None else settings.segmenter
-    with timer.stage("anatomy", f"anatomical labels from the T1 ({method})"):
-        anatomy = segment_anatomy(t1, settings, labels=user_labels)
+    source = "T2" if t2_only else "T1"
+    with timer.stage("anatomy", f"anatomical labels from the {source} ({method})"):
+        anatomy_settings = anatomy_settings_for_t2(settings) if t2_only else settings
+        anatomy = segment_anatomy(t1, anatomy_settings, labels=user_labels)
 
     with timer.stage("regions", "counting regions on the T2 (CSO, basal ganglia, hippocampi, midbrain)"):
         regions = make_regions(anatomy, transform, t2, settings)
@@ -166,8 +181,8 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
             log.info("  %-18s %7.1f ml", name, ml)
 
     with timer.stage("quality", "quality gates of the inputs, registration, anatomy and regions"):
-        checks = (input_checks(t1, t2, anatomy, transform, settings)
-                  + registration_checks(t2, anatomy, transform, settings)
+        checks = (input_checks(t1, t2, anatomy, transform, settings, t2_only=t2_only)
+                  + ([] if t2_only else registration_checks(t2, anatomy, transform, settings))
                   + anatomy_checks(anatomy, regions.volumes_ml, regions.in_fov, regions.brain_above_caudate_mm,
                                    settings))
         log_checks(checks)
@@ -255,7 +270,8 @@ def quantify_subject(
         plot_attention(crops, counted, out / "attention.png")
         plot_detections(crops, counted, out / "pvs.png")
         plot_regions_mosaic(t2, regions_t2, out / "regions.png", title=f"{subject}: regions on T2")
-        plot_registration(t1, t2, transform.t2_to_t1, out / "registration.png")
+        if inputs.t1 is not None:
+            plot_registration(t1, t2, transform.t2_to_t1, out / "registration.png")
 
     timer.timings["total"] = round(time.perf_counter() - t_start, 2)
     qc = {
@@ -266,13 +282,14 @@ def quantify_subject(
         "flags": [{"code": f.code, "message": f.message, "severity": f.severity} for f in flags]
         + [{"code": c.name, "message": c.message, "severity": c.status} for c in checks if c.status != "pass"],
         "checks": [c.to_json() for c in checks],
+        "anatomy_from": "T2" if inputs.t1 is None else "T1",
         "inputs": {
-            "t1": describe_input(t1),
+            "t1": None if inputs.t1 is None else describe_input(t1),
             "t2": describe_input(t2),
             "labels": str(inputs.labels) if inputs.labels else None,
             "t2_fov_inside_t1_fraction": round(prep.overlap, 3),
         },
-        "registration": {
+        "registration": {"method": "none: no T1, the anatomy was made on the T2"} if inputs.t1 is None else {
             "method": "SimpleITK Euler3D, Mattes MI",
             "mattes_mi": round(transform.score, 4),
             "mattes_mi_headers": round(transform.initial_score, 4),

@@ -103,7 +103,8 @@ def header_table(qc: dict[str, Any]) -> str:
             else "your own from " + ", ".join(user) + " (the shipped weights fill the rest)",
         ),
         ("weights (sha256)", ", ".join(f"{k} {v}" for k, v in qc.get("model_versions", {}).items()) or "unknown"),
-        ("anatomy", qc.get("anatomy", {}).get("method")),
+        ("anatomy", f"{qc.get('anatomy', {}).get('method')}, from the {qc.get('anatomy_from', 'T1')}"
+         + (" (no T1 given: less accurate for small structures)" if qc.get("anatomy_from") == "T2" else "")),
         ("total run time", f"{qc.get('timings_s', {}).get('total', float('nan')):.0f} s"),
     ]
     return "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
