@@ -64,6 +64,15 @@ def paint_t1(labels: Volume, rng: np.random.Generator) -> Volume:
     return labels.with_array(np.clip(image, 0, None).astype(np.float32))
 
 
+def paint_t2(labels: Volume, rng: np.random.Generator) -> Volume:
+    """A T2-like image of a label map (as :func:`paint_t1`, with T2 contrast: CSF bright)."""
+    lab = labels.array.astype(np.int32)
+    image = paint(lab, t2_intensities(np.unique(lab), rng), rng, texture=(0.03, 0.08))
+    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.9) / labels.spacing_mm)
+    image *= bias_field(lab.shape, rng)
+    return labels.with_array(np.clip(image, 0, None).astype(np.float32))
+
+
 def clinical_grid(volume: Volume, rng: np.random.Generator, in_plane_mm: tuple[float, float] = (0.4, 0.9),
                   slice_mm: tuple[float, float] = (3.0, 7.0), max_tilt_deg: float = 10.0
                   ) -> tuple[np.ndarray, tuple[int, int, int], float]:

@@ -17,6 +17,7 @@ labels
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -320,6 +321,12 @@ def segment_with_samseg(t1: Volume, settings: Settings = Settings()) -> Anatomy:
     std = t1.with_array(standardise_labels(seg.array))
     std = split_midbrain(std, np.array([0.0, 0.0, 1.0]), settings.midbrain_height_mm)
     return Anatomy(labels=std, method="samseg")
+
+
+def settings_for_t2(settings: Settings) -> Settings:
+    """Settings to label a T2 with the atlas (a T1 template): mutual information instead of
+    cross-correlation, and no intensity refinement (its tissue model is that of a T1)."""
+    return dataclasses.replace(settings, atlas_syn_metric="mattes", refine_labels=False)
 
 
 def segment_anatomy(t1: Volume, settings: Settings = Settings(), labels: Volume | None = None) -> Anatomy:

@@ -8,7 +8,6 @@ whole run succeeded.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import platform
 import resource
@@ -29,7 +28,7 @@ from ..io import atomic_output_dir, check_pair_overlap, load_volume, save_volume
 from ..reporting.figures import plot_attention, plot_detections, plot_regions_mosaic, plot_registration, plot_roi_crops
 from ..reporting.report import write_report
 from ..types import REGION_CODES, Anatomy, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
-from .anatomy import segment_anatomy, structure_volumes_ml
+from .anatomy import segment_anatomy, settings_for_t2, structure_volumes_ml
 from .counting import count_region, load_models, primary_counts, save_count_outputs
 from .quality import (
     QCCheck,
@@ -135,12 +134,6 @@ class PreparedSubject:
     regions: Regions
 
 
-def anatomy_settings_for_t2(settings: Settings) -> Settings:
-    """The atlas (a T1 template) registered to a T2: mutual information instead of cross-correlation,
-    and no intensity refinement (its tissue model is that of a T1)."""
-    return dataclasses.replace(settings, atlas_syn_metric="mattes", refine_labels=False)
-
-
 def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer) -> PreparedSubject:
     """Load and check the inputs and weights, register T1 -> T2, label the T1, make the regions."""
     t2_only = inputs.t1 is None
@@ -171,7 +164,7 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
     method = "labels" if user_labels is not None else settings.segmenter
     source = "T2" if t2_only else "T1"
     with timer.stage("anatomy", f"anatomical labels from the {source} ({method})"):
-        anatomy_settings = anatomy_settings_for_t2(settings) if t2_only else settings
+        anatomy_settings = settings_for_t2(settings) if t2_only else settings
         anatomy = segment_anatomy(t1, anatomy_settings, labels=user_labels)
 
     with timer.stage("regions", "counting regions on the T2 (CSO, basal ganglia, hippocampi, midbrain)"):
