@@ -12,8 +12,8 @@ from pvsquant.labels import METHODS as MODELS
 from pvsquant.learning.synthesis import Tube
 from pvsquant.learning.trainingdata import density_map, line_density
 from pvsquant.models import Weights, build_model
-from pvsquant.pipeline.counting import RegionCounts, count_region, detect_pvs, save_count_outputs
-from pvsquant.pipeline.roi import count_mask
+from pvsquant.pipeline.counting import RegionCounts, count_region, detect_pvs, load_models, save_count_outputs
+from pvsquant.pipeline.roi import count_mask, scale_to_region
 from pvsquant.types import REGION_CODES, RegionCrop, Volume
 
 SPACING = (0.5, 0.5, 0.8)
@@ -97,3 +97,39 @@ def test_outputs_have_stable_names_and_world_coordinates(tmp_path):
         assert data[tuple(vox)] == int(pid) and region == "basal_ganglia"
     att = nib.load(str(tmp_path / "attention_basal_ganglia.nii.gz"))
     assert att.shape == t2.shape and np.asarray(att.dataobj).max() > 0
+
+
+def lacune_crop(n_lacunes: int, rng: np.random.Generator, shape=(96, 96, 48)) -> RegionCrop:
+    """A basal-ganglia-like crop with lacunes: CSF-bright balls 5-10 mm wide with a gliotic rim."""
+    affine = np.diag([*SPACING, 1.0])
+    region = np.zeros(shape, bool)
+    region[12:84, 12:84, 8:40] = True
+    image = (0.3 + 0.03 * rng.normal(size=shape)).astype(np.float32)
+    mm = np.indices(shape).astype(float) * np.asarray(SPACING)[:, None, None, None]
+    for _ in range(n_lacunes):
+        centre, radius = rng.uniform([14, 14, 12], [34, 34, 20]), rng.uniform(2.5, 5.0)
+        distance = np.sqrt(((mm - centre[:, None, None, None]) ** 2).sum(0))
+        image[(distance >= radius) & (distance < radius + 1.0)] = 0.42  # rim, brighter than white matter
+        image[distance < radius] = 0.95
+    t2 = Volume(scale_to_region(image, region), affine)
+    return RegionCrop("basal_ganglia", Volume(np.clip(image * region, 0, 1), affine),
+                      Volume(region.astype(np.float32), affine), affine, (0, 0, 0), shape, False,
+                      Volume(region, affine), t2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lacunes_are_not_counted_as_pvs_by_the_gpunet(seed):
+    """Three lacunes add less than one PVS to the GP-Unet's count (three PVS add ~2.4, measured)."""
+    models = load_models()
+    clean = count_region(lacune_crop(0, np.random.default_rng(seed)), models, SPACING).counts
+    lacunes = count_region(lacune_crop(3, np.random.default_rng(seed)), models, SPACING).counts
+    assert lacunes["gpunet"] - clean["gpunet"] < 1.0
+
+
+@pytest.mark.xfail(strict=True, reason="known: the CNN counts lacunes as PVS (3 lacunes add 3.4-5.2); "
+                   "the GP-Unet does not (see the issue 11 note)")
+def test_lacunes_are_not_counted_as_pvs_by_the_cnn():
+    models = load_models()
+    clean = count_region(lacune_crop(0, np.random.default_rng(0)), models, SPACING).counts
+    lacunes = count_region(lacune_crop(3, np.random.default_rng(0)), models, SPACING).counts
+    assert lacunes["cnn"] - clean["cnn"] < 1.0
