@@ -75,15 +75,16 @@ def main() -> None:
         lines.append(f"| {r['scan']} | {r['region']} | {r['dice']} | {r['volume_t1t2_ml']:.1f} -> "
                      f"{r['volume_t2_ml']:.1f} | " + " | ".join(f"{r[m + '_t1t2']:.1f} -> {r[m + '_t2']:.1f}"
                                                              for m in METHODS) + " |")
-    header = " | ".join(f"{m} mean abs. difference (% of the T1+T2 count)" for m in METHODS)
+    header = " | ".join(f"{m} mean abs. difference (% of the T1+T2 total)" for m in METHODS)
     lines += ["", "Mean over the scans:", "", f"| region | Dice | {header} |", "|---|---|" + "---|" * len(METHODS)]
     for region in REGION_CODES:
         sub = [r for r in rows if r["region"] == region]
         cells = []
         for m in METHODS:
             diff = np.array([abs(r[m + "_t2"] - r[m + "_t1t2"]) for r in sub])
-            ref = np.array([max(r[m + "_t1t2"], 1e-6) for r in sub])
-            cells.append(f"{np.nanmean(diff):.1f} ({100 * np.nanmean(diff / ref):.0f}%)")
+            ref = np.array([r[m + "_t1t2"] for r in sub])
+            share = f"{100 * np.nansum(diff) / np.nansum(ref):.0f}%" if np.nansum(ref) > 0 else "n/a"
+            cells.append(f"{np.nanmean(diff):.1f} ({share})")
         lines.append(f"| {region} | {np.mean([r['dice'] for r in sub]):.3f} | " + " | ".join(cells) + " |")
     lines += ["", "QC status (T1+T2 / T2-only): " + ", ".join(
         f"{r['scan']} {r['status_t1t2']} / {r['status_t2']}" for r in rows if r["region"] == "centrum_semiovale")]
