@@ -6,6 +6,7 @@ and, later, to make the networks' training data. Every random function takes an 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -57,8 +58,13 @@ def bias_field(shape: tuple[int, ...], rng: np.random.Generator, strength: float
 
 def paint_t1(labels: Volume, rng: np.random.Generator) -> Volume:
     """A T1-like image of a label map: per-label intensity and texture, blur, bias field."""
+    return _paint_contrast(labels, t1_intensities, rng)
+
+
+def _paint_contrast(labels: Volume, intensities: Any, rng: np.random.Generator) -> Volume:
+    """A label map painted by an intensity table maker, with texture, blur and bias field."""
     lab = labels.array.astype(np.int32)
-    image = paint(lab, t1_intensities(np.unique(lab), rng), rng, texture=(0.03, 0.08))
+    image = paint(lab, intensities(np.unique(lab), rng), rng, texture=(0.03, 0.08))
     image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.9) / labels.spacing_mm)
     image *= bias_field(lab.shape, rng)
     return labels.with_array(np.clip(image, 0, None).astype(np.float32))
@@ -66,11 +72,7 @@ def paint_t1(labels: Volume, rng: np.random.Generator) -> Volume:
 
 def paint_t2(labels: Volume, rng: np.random.Generator) -> Volume:
     """A T2-like image of a label map (as :func:`paint_t1`, with T2 contrast: CSF bright)."""
-    lab = labels.array.astype(np.int32)
-    image = paint(lab, t2_intensities(np.unique(lab), rng), rng, texture=(0.03, 0.08))
-    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.9) / labels.spacing_mm)
-    image *= bias_field(lab.shape, rng)
-    return labels.with_array(np.clip(image, 0, None).astype(np.float32))
+    return _paint_contrast(labels, t2_intensities, rng)
 
 
 def clinical_grid(volume: Volume, rng: np.random.Generator, in_plane_mm: tuple[float, float] = (0.4, 0.9),
