@@ -257,10 +257,17 @@ def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
     fixed = _to_ants(t1_work.with_array(t1_work.array / np.maximum(bias_work.array, 1e-3))) * fixed_mask
     log.debug("N4 bias field: %.1f s", time.perf_counter() - tic)
     tic = time.perf_counter()
-    reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyN",
-                            aff_metric="mattes", syn_metric=settings.atlas_syn_metric,
-                            syn_sampling=2 if settings.atlas_syn_metric == "CC" else 32,
-                            reg_iterations=settings.atlas_syn_iterations, random_seed=settings.seed)
+    # antspy ignores a random_seed argument: its seed is the module-level ants.config._random_seed
+    # (None: ANTs seeds from the clock, and the labels differed between runs). Set it for this call.
+    previous_seed = ants.config._random_seed
+    ants.config._random_seed = settings.seed + 1
+    try:
+        reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyN",
+                                aff_metric="mattes", syn_metric=settings.atlas_syn_metric,
+                                syn_sampling=2 if settings.atlas_syn_metric == "CC" else 32,
+                                reg_iterations=settings.atlas_syn_iterations)
+    finally:
+        ants.config._random_seed = previous_seed
     affine_file = reg["fwdtransforms"][-1]
     warped = ants.apply_transforms(fixed=_to_ants(t1), moving=template_labels,
                                    transformlist=reg["fwdtransforms"], interpolator="genericLabel")
