@@ -86,7 +86,7 @@ def main() -> None:
 
     t1, t2 = load_volume(inputs.t1, "T1"), load_volume(inputs.t2, "T2")
     centre = t2.affine[:3, :3] @ ((np.asarray(t2.shape) - 1) / 2) + t2.affine[:3, 3]
-    box = np.array([[*centre, x, y, z] for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
+    box = np.array([centre + np.array([x, y, z]) for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
     tic = time.perf_counter()
     reference = register_t1_to_t2(t1, t2)
     reg_time = time.perf_counter() - tic

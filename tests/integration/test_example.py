@@ -31,7 +31,7 @@ def demo_out(tmp_path_factory):
 
 def brain_box(t2: Volume) -> np.ndarray:
     centre = t2.affine[:3, :3] @ ((np.asarray(t2.shape) - 1) / 2) + t2.affine[:3, 3]
-    return np.array([[*centre, x, y, z] for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
+    return np.array([centre + np.array([x, y, z]) for x in (-60, 60) for y in (-75, 75) for z in (-50, 50)])
 
 
 @pytest.mark.parametrize("angles, shift", [((10.0, 0.0, 0.0), (15.0, 0.0, 0.0)),
