@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from pvsquant.io import read_tsv
 from pvsquant.labels import METHODS, REGION_CODES
 from pvsquant.pipeline.run import run_subject
 from pvsquant.types import Settings, SubjectInputs
@@ -28,8 +29,8 @@ WORK = HERE / "_work"
 
 
 def counts_of(run: Path) -> dict[tuple[str, str], float]:
-    rows = [line.split("\t") for line in (run / "counts.tsv").read_text().splitlines()[1:]]
-    return {(r, m): float("nan") if c == "n/a" else float(c) for r, m, c in rows}
+    rows = read_tsv(run / "counts.tsv", ("region", "model", "count"), "counts table")
+    return {(r["region"], r["model"]): float("nan") if r["count"] == "n/a" else float(r["count"]) for r in rows}
 
 
 def ensure(out: Path, inputs: SubjectInputs) -> Path:

@@ -140,8 +140,11 @@ def read_results(out_dirs: list[Path]) -> tuple[dict[tuple[str, str], dict[str, 
     return counts, synthetic, failed
 
 
-def join(scores: dict, extra: list[str], counts: dict, synthetic: list[str] | None = None) -> Cohort:
-    """Scores and counts side by side; subjects in only one of them are listed, not silently dropped."""
+def join(scores: dict, extra: list[str], counts: dict, synthetic: list[str] | None = None,
+         failed_qc: list[str] | None = None) -> Cohort:
+    """Scores and counts side by side; subjects in only one of them are listed, not silently dropped.
+    ``failed_qc``: subjects whose counts were left out because their quality gates failed."""
+    failed = sorted(failed_qc or [])
     score_subjects = {s for s, _ in scores}
     count_subjects = {s for s, _ in counts}
     rows, incomplete = [], []
@@ -171,11 +174,12 @@ def join(scores: dict, extra: list[str], counts: dict, synthetic: list[str] | No
         )
     cohort = Cohort(
         rows,
-        sorted(score_subjects - count_subjects),
+        sorted(score_subjects - count_subjects - set(failed)),
         sorted(count_subjects - score_subjects),
         sorted(set(synthetic or []) & {r["subject"] for r in rows}),
         extra,
         incomplete,
+        failed,
     )
     if not rows:
         raise InputTableError(
@@ -394,9 +398,7 @@ def evaluate_cohort(
         counts, synthetic, failed = read_counts_table(Path(counts_path)), list[str](), list[str]()
     else:
         counts, synthetic, failed = read_results([Path(r) for r in results or []])
-    cohort = join(scores, extra, counts, synthetic)
-    cohort.failed_qc = failed
-    cohort.only_in_scores = [s for s in cohort.only_in_scores if s not in failed]
+    cohort = join(scores, extra, counts, synthetic, failed)
     for note in cohort_notes(cohort):
         log.warning(note)
     correlation, williams = correlation_table(cohort), williams_table(cohort)

@@ -141,16 +141,29 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
+@dataclass(frozen=True)
+class T2Masks:
+    """What several gates measure on the T2 grid, made once: the anatomy's labels and the head."""
+
+    labels: np.ndarray
+    head: np.ndarray
+
+
+def t2_masks(t2: Volume, anatomy: Anatomy, transform: RigidTransform) -> T2Masks:
+    return T2Masks(labels_on(t2, anatomy, transform), head_mask(t2.array.astype(np.float32)))
+
+
 def input_checks(t1: Volume, t2: Volume, anatomy: Anatomy, transform: RigidTransform,
-                 settings: Settings, t2_only: bool = False) -> list[QCCheck]:
-    """Slice thickness, SNR, ghosting and contrast of the inputs (``t2_only``: no T1 checks)."""
+                 settings: Settings, t2_only: bool = False, masks: T2Masks | None = None) -> list[QCCheck]:
+    """Slice thickness, SNR, ghosting and contrast of the inputs (``t2_only``: no T1 checks); ``masks``
+    from :func:`t2_masks` (made here when not given)."""
     checks = [] if t2_only else [check("t1_slice_mm", "input", float(t1.spacing_mm.max()),
                                        "T1 slice thickness (mm)", settings)]
     checks.append(check("t2_slice_mm", "input", float(t2.spacing_mm.max()), "T2 slice thickness (mm)", settings))
     image = t2.array.astype(np.float32)
-    on_t2 = labels_on(t2, anatomy, transform)
+    masks = masks or t2_masks(t2, anatomy, transform)
+    on_t2, head = masks.labels, masks.head
     brain = on_t2 > 0
-    head = head_mask(image)
     brain_median = _median(image, brain & head)
     sigma = noise_sigma(image, int(np.argmax(t2.spacing_mm)), brain & head)
     snr = _ratio(brain_median, sigma) if math.isfinite(sigma) else None
@@ -177,10 +190,10 @@ def input_checks(t1: Volume, t2: Volume, anatomy: Anatomy, transform: RigidTrans
 
 
 def registration_checks(t2: Volume, anatomy: Anatomy, transform: RigidTransform,
-                        settings: Settings) -> list[QCCheck]:
+                        settings: Settings, masks: T2Masks | None = None) -> list[QCCheck]:
     """Similarity at the solution, the T1's brain inside the T2's head, the correction of the headers."""
-    on_t2 = labels_on(t2, anatomy, transform) > 0
-    head = head_mask(t2.array.astype(np.float32))
+    masks = masks or t2_masks(t2, anatomy, transform)
+    on_t2, head = masks.labels > 0, masks.head
     inside = float((on_t2 & head).sum() / on_t2.sum()) if on_t2.sum() else None
     return [
         check("registration_mi", "registration", -transform.score, "T1-T2 mutual information at the solution",

@@ -38,6 +38,7 @@ from .quality import (
     input_checks,
     registration_checks,
     subject_status,
+    t2_masks,
 )
 from .regions import Regions, make_regions, regions_on_grid
 from .registration import register_t1_to_t2
@@ -89,14 +90,14 @@ def describe_input(volume: Volume) -> dict[str, Any]:
 
 
 def input_flags(t1: Volume, t2: Volume, overlap: float, settings: Settings) -> list[QCFlag]:
-    """Usable but doubtful inputs: thick slices, partial overlap."""
+    """Usable but doubtful inputs: thick slices (beyond the pass range of the slice gates), partial overlap."""
     flags = []
     for role, vol in (("T1", t1), ("T2", t2)) if t1 is not t2 else (("T2", t2),):
         thickest = float(vol.spacing_mm.max())
-        if thickest > settings.thick_slice_warn_mm:
+        limit = settings.qc_limits[f"{role.lower()}_slice_mm"][0][1]
+        if thickest > limit:
             flags.append(QCFlag(f"thick_slices_{role.lower()}",
-                                f"{role} has {thickest:.1f} mm slices (> {settings.thick_slice_warn_mm:g} mm); "
-                                "small PVS may be missed"))
+                                f"{role} has {thickest:.1f} mm slices (> {limit:g} mm); small PVS may be missed"))
     if overlap < settings.overlap_warn_fraction:
         flags.append(
             QCFlag("partial_overlap", f"only {100 * overlap:.0f}% of the T2 lies inside the T1's field of view")
@@ -105,15 +106,11 @@ def input_flags(t1: Volume, t2: Volume, overlap: float, settings: Settings) -> l
 
 
 def registration_flags(transform: RigidTransform, settings: Settings) -> list[QCFlag]:
-    """A flag when the T1-T2 mutual information at the solution is weak."""
-    if -transform.score < settings.registration_min_mi:
-        return [
-            QCFlag(
-                "registration_poor",
-                f"T1-T2 mutual information {-transform.score:.2f} is below "
-                f"{settings.registration_min_mi:g}; check the registration in regions.png",
-            )
-        ]
+    """A flag when the T1-T2 mutual information at the solution is below the pass range of its gate."""
+    limit = settings.qc_limits["registration_mi"][0][0]
+    if -transform.score < limit:
+        return [QCFlag("registration_poor", f"T1-T2 mutual information {-transform.score:.2f} is below "
+                       f"{limit:g}; check the registration in regions.png")]
     return []
 
 
@@ -174,8 +171,9 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
             log.info("  %-18s %7.1f ml", name, ml)
 
     with timer.stage("quality", "quality gates of the inputs, registration, anatomy and regions"):
-        checks = (input_checks(t1, t2, anatomy, transform, settings, t2_only=t2_only)
-                  + ([] if t2_only else registration_checks(t2, anatomy, transform, settings))
+        masks = t2_masks(t2, anatomy, transform)
+        checks = (input_checks(t1, t2, anatomy, transform, settings, t2_only=t2_only, masks=masks)
+                  + ([] if t2_only else registration_checks(t2, anatomy, transform, settings, masks=masks))
                   + anatomy_checks(anatomy, regions.volumes_ml, regions.in_fov, regions.brain_above_caudate_mm,
                                    settings))
         log_checks(checks)
