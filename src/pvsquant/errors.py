@@ -14,6 +14,10 @@ class InputImageError(PvsError, ValueError):
     """An input image is unreadable or unusable (wrong shape, NaN, absurd voxel size...)."""
 
 
+class InputDicomError(InputImageError):
+    """A DICOM folder does not give one trustworthy 3D image (no DICOM, several series, missing slices...)."""
+
+
 class InputFileNotFoundError(PvsError, FileNotFoundError):
     """An input file does not exist."""
 
