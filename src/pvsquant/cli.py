@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .errors import InputFileNotFoundError, OutputExistsError, PvsError
+from .errors import InputFileNotFoundError, InputSettingsError, OutputExistsError, PvsError
 from .io import is_run_folder
 from .labels import METHODS, REGION_CODES
 from .types import Settings, SubjectInputs
@@ -128,6 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("out_dirs", type=Path, nargs="+", help="pvsquant run output folders")
     report.add_argument("-v", "--verbose", action="store_true")
 
+    bids = sub.add_parser("bids", help="a BIDS dataset, as a BIDS-App: participant level (every subject, on Dask "
+                          "workers; resumable) then group level (one table, failed subjects, cohort report)")
+    bids.add_argument("bids_dir", type=Path, help="the BIDS dataset (with dataset_description.json)")
+    bids.add_argument("output_dir", type=Path, help="the derivative dataset to write (outside BIDS_DIR, or "
+                      "under BIDS_DIR/derivatives/)")
+    bids.add_argument("analysis_level", choices=["participant", "group"])
+    bids.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to process (default all; "
+                      "with or without 'sub-')")
+    bids.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions to process (default all)")
+    bids.add_argument("--t1-filter", metavar="JSON", help="BIDS entities choosing the T1w, e.g. "
+                      "'{\"acquisition\": \"mprage\"}' (or a file holding them)")
+    bids.add_argument("--t2-filter", metavar="JSON", help="BIDS entities choosing the T2w, e.g. '{\"run\": 2}'")
+    bids.add_argument("--workers", type=int, default=1, help="local Dask worker processes (default 1; each needs "
+                      "~2.5 GB of memory)")
+    bids.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (tcp://host:8786) "
+                      "instead of local workers, e.g. one whose workers dask-jobqueue started on SLURM/PBS")
+    bids.add_argument("--allow-t2-only", action="store_true", help="process subjects without a T1w from the T2w "
+                      "alone (less accurate small structures; default: list them as failed)")
+    bids.add_argument("--scores", type=Path, help="group level: visual.tsv of visual scores (subject = sub-<label> or "
+                      "sub-<label>_ses-<label>): also runs pvsquant evaluate into OUTPUT_DIR/group_evaluation")
+    bids.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(bids)
+
     demo = sub.add_parser("demo", help="run the pipeline on the example patient shipped in the package")
     demo.add_argument("--out", type=Path, default=Path("pvsquant_demo"), help="output folder (default ./pvsquant_demo)")
     demo.add_argument("--cohort", type=int, metavar="N", help="instead: a demo cohort of the example plus N synthetic "
@@ -209,6 +232,38 @@ def demo_cohort_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def bids_command(args: argparse.Namespace) -> int:
+    """pvsquant bids BIDS_DIR OUTPUT_DIR participant|group."""
+    from .cohort.bids import parse_filter
+
+    filters = {"t1_filter": parse_filter(args.t1_filter, "--t1-filter"),
+               "t2_filter": parse_filter(args.t2_filter, "--t2-filter")}
+    selection = {"participant_labels": args.participant_label, "session_labels": args.session_label, **filters}
+    if args.analysis_level == "group":
+        from .cohort.bidsapp import group_level
+
+        result = group_level(args.bids_dir, args.output_dir, scores=args.scores, **selection)
+        print(f"written: {args.output_dir / 'group_counts.tsv'}, {args.output_dir / 'group_failed.tsv'} "
+              f"({len(result['failed'])} failed); open {args.output_dir / 'group_report.html'}")
+        return 0
+    from .cohort.bidsapp import participant_level, summary_line
+
+    settings = settings_from_args(args)
+    if args.threads is None:  # one thread per worker: subjects run in parallel instead
+        settings = dataclasses.replace(settings, threads=1)
+    if args.workers < 1:
+        raise InputSettingsError(f"--workers must be at least 1, got {args.workers}")
+    outcomes = participant_level(args.bids_dir, args.output_dir, settings, workers=args.workers,
+                                 scheduler=args.scheduler, allow_t2_only=args.allow_t2_only,
+                                 progress=not args.no_progress, **selection)
+    print(summary_line(outcomes))
+    for o in outcomes:
+        if o.status == "failed":
+            print(f"  FAILED {o.key}: {o.error} (log: {args.output_dir / 'logs' / (o.key + '.log')})")
+    print(f"then: pvsquant bids {args.bids_dir} {args.output_dir} group")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from .reporting.report import write_report
 
@@ -220,7 +275,8 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": train_command, "evaluate": evaluate_command, "finetune": finetune_command,
-            "report": report_command, "demo-cohort": demo_cohort_command}
+            "report": report_command, "demo-cohort": demo_cohort_command,
+            "bids": bids_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:
-        for noisy in ("matplotlib", "PIL", "h5py"):
+        for noisy in ("matplotlib", "PIL", "h5py", "distributed", "bids", "bidsschematools", "tornado"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "demo" and args.cohort:
         args.command = "demo-cohort"

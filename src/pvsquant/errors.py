@@ -44,3 +44,7 @@ class InputTableError(PvsError, ValueError):
 
 class InputSettingsError(PvsError, ValueError):
     """A settings file (``--settings``) is unreadable, or names an unknown setting or a wrong value."""
+
+
+class InputDatasetError(PvsError, ValueError):
+    """A dataset (BIDS) or an output folder for it is unusable: missing files, wrong layout, bad place."""
