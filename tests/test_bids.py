@@ -237,3 +237,28 @@ def test_cli_refuses_output_inside_the_dataset_and_missing_dataset(tmp_path, cap
 def test_bids_subject_key_without_session():
     s = BidsSubject("01", None, None, Path("t2.nii.gz"))
     assert s.key == "sub-01" and s.folder == Path("sub-01/anat")
+
+
+def test_dicom2bids_makes_a_dataset_pvsquant_bids_reads(tmp_path, capsys):
+    from .conftest import oblique_affine
+    from .dicom_writer import SeriesSpec, write_series
+
+    array = np.random.default_rng(1).uniform(100, 900, (40, 40, 18)).astype(np.float32)
+    affine = oblique_affine((1.6, 1.6, 4.0), array.shape, angle_deg=8.0)
+    study = tmp_path / "study"
+    write_series(array, affine, study / "a", SeriesSpec(number=3, description="T1_SE", manufacturer="GE MEDICAL "
+                 "SYSTEMS", model="Signa", field_strength_t=1.5), prefix="A")
+    write_series(array, affine, study / "b", SeriesSpec(number=5, description="T2_FSE", manufacturer="GE MEDICAL "
+                 "SYSTEMS", model="Signa", field_strength_t=1.5), prefix="B")
+    bids = tmp_path / "bids"
+    assert main(["dicom2bids", str(study), str(bids), "--subject", "07", "--session", "base", "--t1-series", "3",
+                 "--t2-series", "T2_FSE"]) == 0
+    (subject,) = find_subjects(bids)
+    assert subject.key == "sub-07_ses-base" and subject.t1.name == "sub-07_ses-base_T1w.nii.gz"
+    assert subject.t2.name == "sub-07_ses-base_T2w.nii.gz" and scanner_of(subject.t2) == "GE Signa 1.5T"
+    sidecar = json.loads(subject.t2.with_name("sub-07_ses-base_T2w.json").read_text())
+    assert sidecar["SeriesDescription"] == "T2_FSE" and "PatientName" not in sidecar
+    assert main(["dicom2bids", str(study), str(bids), "--subject", "07", "--session", "base", "--t2-series",
+                 "5"]) == 1  # exists: refused without --overwrite
+    assert main(["dicom2bids", str(study), str(bids), "--subject", "08"]) == 1  # two series, no choice
+    assert not (bids / "sub-08").exists()

@@ -18,7 +18,7 @@ from pvsquant.types import Settings
 
 from .conftest import save_nifti
 
-COMMANDS = ("run", "train", "evaluate", "finetune", "report", "demo")
+COMMANDS = ("run", "train", "evaluate", "finetune", "report", "demo", "bids")
 
 
 def test_help_lists_every_command(capsys):
@@ -166,3 +166,34 @@ def test_t2_only_run(phantom_case, tmp_path):
     assert "anatomy_from_t2" in {f["code"] for f in qc["flags"]}
     assert not {c["name"] for c in qc["checks"]} & {"t1_slice_mm", "t1_wm_to_csf", "registration_mi"}
     assert "from the T2" in (out / "report.html").read_text()
+
+
+def test_run_inputs_from_dicom_folders_record_the_series_and_scanner(tmp_path):
+    from pvsquant.cli import build_parser, resolve_run_inputs
+
+    from .conftest import oblique_affine
+    from .dicom_writer import SeriesSpec, write_series
+
+    array = np.random.default_rng(0).uniform(100, 900, (40, 40, 18)).astype(np.float32)
+    affine = oblique_affine((1.6, 1.6, 4.0), array.shape, angle_deg=10.0)
+    write_series(array, affine, tmp_path / "study" / "t2", SeriesSpec(number=7, description="T2_TSE_TRA"))
+    args = build_parser().parse_args(["run", "--t2", str(tmp_path / "study"), "--t2-series", "7",
+                                      "--out", str(tmp_path / "out")])
+    inputs, extra = resolve_run_inputs(args, tmp_path / "work")
+    assert inputs.t1 is None and inputs.t2.suffixes[-2:] == [".nii", ".gz"] and inputs.t2.is_file()
+    assert extra["scanner"] == "Siemens Prisma 3T"
+    assert extra["dicom"]["t2"]["series_number"] == 7 and extra["dicom"]["t2"]["n_files"] == 18
+    assert extra["dicom"]["t2"]["header"]["SliceThickness"] == 4.0
+
+
+def test_run_with_a_dicom_study_of_several_series_lists_them(tmp_path, caplog):
+    from .conftest import oblique_affine
+    from .dicom_writer import SeriesSpec, write_series
+
+    array = np.random.default_rng(0).uniform(100, 900, (40, 40, 18)).astype(np.float32)
+    affine = oblique_affine((1.6, 1.6, 4.0), array.shape, angle_deg=0.0)
+    write_series(array, affine, tmp_path / "study" / "a", SeriesSpec(number=3, description="T1_SE"), prefix="A")
+    write_series(array, affine, tmp_path / "study" / "b", SeriesSpec(number=5, description="T2_TSE"), prefix="B")
+    assert main(["run", "--t2", str(tmp_path / "study"), "--out", str(tmp_path / "out")]) == 1
+    assert "series 3 'T1_SE'" in caplog.text and "series 5 'T2_TSE'" in caplog.text and "--t2-series" in caplog.text
+    assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -63,9 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="one subject: T1 + T2 -> regions and network inputs")
-    run.add_argument("--t1", type=Path, help="T1-weighted NIfTI (leave out when there is none: the anatomy "
-                     "then comes from the T2, less accurately; qc.json says anatomy_from T2)")
-    run.add_argument("--t2", required=True, type=Path, help="T2-weighted NIfTI")
+    run.add_argument("--t1", type=Path, help="T1-weighted NIfTI, or a folder of DICOM files (leave out when there "
+                     "is none: the anatomy then comes from the T2, less accurately; qc.json says anatomy_from T2)")
+    run.add_argument("--t2", required=True, type=Path, help="T2-weighted NIfTI, or a folder of DICOM files "
+                     "(converted with dcm2niix)")
+    run.add_argument("--t1-series", metavar="SERIES", help="the series to use when the --t1 DICOM folder holds "
+                     "several: its number, SeriesInstanceUID or description")
+    run.add_argument("--t2-series", metavar="SERIES", help="the same for --t2")
     run.add_argument("--out", required=True, type=Path, help="output folder (created; must not exist)")
     run.add_argument("--labels", type=Path, help="your own aseg-coded label map on the T1 (skips segmentation)")
     run.add_argument("--subject", help="subject id for reports (default: output folder name)")
@@ -151,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     bids.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(bids)
 
+    d2b = sub.add_parser("dicom2bids", help="DICOM series of one subject into a BIDS dataset (dcm2niix), ready "
+                         "for pvsquant bids")
+    d2b.add_argument("dicom_dir", type=Path, help="folder of the subject's DICOM files (a series or a whole study)")
+    d2b.add_argument("bids_dir", type=Path, help="the BIDS dataset to add to (created when missing)")
+    d2b.add_argument("--subject", required=True, help="BIDS subject label (letters and digits)")
+    d2b.add_argument("--session", help="BIDS session label")
+    d2b.add_argument("--t2-series", metavar="SERIES", help="the T2 series: number, SeriesInstanceUID or description "
+                     "(needed when the folder holds several)")
+    d2b.add_argument("--t1-series", metavar="SERIES", help="the T1 series (leave out for no T1)")
+    d2b.add_argument("--t1-dir", type=Path, help="the T1's DICOM folder, when it is not DICOM_DIR")
+    d2b.add_argument("--overwrite", action="store_true", help="replace this subject's converted images")
+    d2b.add_argument("-v", "--verbose", action="store_true")
+
     demo = sub.add_parser("demo", help="run the pipeline on the example patient shipped in the package")
     demo.add_argument("--out", type=Path, default=Path("pvsquant_demo"), help="output folder (default ./pvsquant_demo)")
     demo.add_argument("--cohort", type=int, metavar="N", help="instead: a demo cohort of the example plus N synthetic "
@@ -232,6 +250,40 @@ def demo_cohort_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_run_inputs(args: argparse.Namespace, work: Path) -> tuple[SubjectInputs, dict | None]:
+    """``pvsquant run``'s inputs, DICOM folders converted into ``work``; with what qc.json should
+    record of the conversion (scanner, series, header fields) or None for NIfTI inputs."""
+    from .pipeline.dicom import resolve_input
+
+    if args.t1_series and args.t1 is None:
+        raise InputSettingsError("--t1-series needs --t1 (a DICOM folder)")
+    t2, t2_dicom = resolve_input(args.t2, work, args.t2_series, role="T2")
+    t1, t1_dicom = resolve_input(args.t1, work, args.t1_series, role="T1") if args.t1 else (None, None)
+    inputs = SubjectInputs(t1=t1, t2=t2, labels=args.labels, subject_id=args.subject or args.out.name)
+    converted = {role: c for role, c in (("t1", t1_dicom), ("t2", t2_dicom)) if c is not None}
+    if not converted:
+        return inputs, None
+    for role, c in converted.items():
+        log.info("%s: %s converted from %s (%s)", role.upper(), c.series.label(), c.folder, c.scanner)
+        for warning in c.warnings:
+            log.info("  dcm2niix: %s", warning)
+    dicom = {role: {"folder": str(c.folder), "series_number": c.series.number, "series_uid": c.series.uid,
+                    "description": c.series.description, "n_files": c.series.n_files, "header": c.header,
+                    "warnings": list(c.warnings)} for role, c in converted.items()}
+    scanner = (converted.get("t2") or converted["t1"]).scanner
+    return inputs, {"scanner": scanner, "dicom": dicom}
+
+
+def dicom2bids_command(args: argparse.Namespace) -> int:
+    from .cohort.bids import dicom_to_bids
+
+    written = dicom_to_bids(args.dicom_dir, args.bids_dir, args.subject, args.session, t1_series=args.t1_series,
+                            t2_series=args.t2_series, t1_dir=args.t1_dir, overwrite=args.overwrite)
+    for suffix, path in written.items():
+        print(f"{suffix}: {path}")
+    return 0
+
+
 def bids_command(args: argparse.Namespace) -> int:
     """pvsquant bids BIDS_DIR OUTPUT_DIR participant|group."""
     from .cohort.bids import parse_filter
@@ -276,7 +328,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": train_command, "evaluate": evaluate_command, "finetune": finetune_command,
             "report": report_command, "demo-cohort": demo_cohort_command,
-            "bids": bids_command}
+            "bids": bids_command, "dicom2bids": dicom2bids_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,14 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", type(exc).__name__, exc)
         return 1
     overwrite = args.overwrite
-    if args.command == "demo":
-        inputs = example_inputs()
-        # Re-running the demo replaces its own earlier output, never anything else.
+    if args.command == "demo":  # re-running the demo replaces its own earlier output, never anything else
         overwrite = overwrite or _is_demo_output(args.out)
-    else:
-        inputs = SubjectInputs(t1=args.t1, t2=args.t2, labels=args.labels, subject_id=args.subject or args.out.name)
     try:
-        result = run_subject(inputs, args.out, settings, overwrite=overwrite)
+        with tempfile.TemporaryDirectory(prefix="pvsquant-dicom-") as work:
+            extra_qc = None
+            if args.command == "demo":
+                inputs = example_inputs()
+            else:
+                inputs, extra_qc = resolve_run_inputs(args, Path(work))
+            result = run_subject(inputs, args.out, settings, overwrite=overwrite, extra_qc=extra_qc)
     except PvsError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return 1

@@ -314,3 +314,47 @@ in the model card shipped with the software. Network weights (sha256): {digest}.
 (inputs, registration, anatomy, counting) gave each participant a status of pass, warn or fail;
 participants that failed were excluded from group statistics.
 """
+
+
+# ---- DICOM to BIDS ------------------------------------------------------------------------------
+
+def dicom_to_bids(dicom_dir: Path, bids_dir: Path, subject: str, session: str | None = None,
+                  t1_series: str | None = None, t2_series: str | None = None, t1_dir: Path | None = None,
+                  overwrite: bool = False) -> dict[str, Path]:
+    """Convert one subject's DICOM T2 (and T1, when ``t1_series`` or ``t1_dir`` is given) into
+    ``bids_dir`` as ``sub-<subject>[_ses-<session>]_T2w.nii.gz`` (+ dcm2niix's JSON sidecar, without
+    patient name or ID); creates ``dataset_description.json`` when missing. Returns the images written."""
+    import tempfile
+
+    from ..errors import OutputExistsError
+    from ..pipeline.dicom import dicom_to_nifti
+
+    subject, session = subject.removeprefix("sub-"), (session or "").removeprefix("ses-") or None
+    for label, what in ((subject, "subject"), (session, "session")):
+        if label is not None and not label.isalnum():
+            raise InputDatasetError(f"BIDS {what} label {label!r} must be letters and digits only")
+    folder = bids_dir / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
+    prefix = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+    jobs = [("T2w", dicom_dir, t2_series)]
+    if t1_series is not None or t1_dir is not None:
+        jobs.insert(0, ("T1w", t1_dir or dicom_dir, t1_series))
+    targets = {suffix: folder / f"{prefix}_{suffix}.nii.gz" for suffix, _, _ in jobs}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{', '.join(existing)} exist(s); use --overwrite to replace")
+    written: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="pvsquant-dicom2bids-") as work:
+        converted = {suffix: dicom_to_nifti(source, Path(work) / suffix, series, role=suffix[:2])
+                     for suffix, source, series in jobs}  # all checked before anything is written
+        if not (bids_dir / "dataset_description.json").is_file():
+            bids_dir.mkdir(parents=True, exist_ok=True)
+            write_json({"Name": "converted by pvsquant dicom2bids", "BIDSVersion": BIDS_VERSION,
+                        "DatasetType": "raw"}, bids_dir / "dataset_description.json")
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix, c in converted.items():
+            shutil.copy2(c.nifti, targets[suffix])
+            sidecar = json.loads(c.sidecar.read_text()) if c.sidecar and c.sidecar.is_file() else dict(c.header)
+            write_json(sidecar, targets[suffix].with_name(f"{prefix}_{suffix}.json"))
+            written[suffix] = targets[suffix]
+            log.info("%s: %s -> %s (%s)", c.folder, c.series.label(), targets[suffix], c.scanner)
+    return written

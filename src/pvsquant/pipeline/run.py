@@ -324,9 +324,11 @@ def quantify_subject(
 
 
 def run_subject(
-    inputs: SubjectInputs, out_dir: str | Path, settings: Settings = Settings(), overwrite: bool = False
+    inputs: SubjectInputs, out_dir: str | Path, settings: Settings = Settings(), overwrite: bool = False,
+    extra_qc: dict[str, Any] | None = None,
 ) -> SubjectResult:
-    """Run the pipeline for one subject and write its outputs to ``out_dir``.
+    """Run the pipeline for one subject and write its outputs to ``out_dir``; ``extra_qc`` goes into
+    qc.json as is (e.g. the scanner and DICOM series an input was converted from).
 
     Raises
     ------
@@ -337,6 +339,6 @@ def run_subject(
     t_start = time.perf_counter()
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         prep = prepare_subject(inputs, settings, timer)
-        qc, crops = quantify_subject(prep, tmp, settings, timer, t_start)
+        qc, crops = quantify_subject(prep, tmp, settings, timer, t_start, extra_qc)
     log.info("outputs in %s (%.1f s); open %s", out_dir, timer.timings["total"], out_dir / "report.html")
     return SubjectResult(out_dir=out_dir, qc=qc, crops=crops)

@@ -89,10 +89,23 @@ def header_table(qc: dict[str, Any]) -> str:
     inputs = qc.get("inputs", {})
     models = qc.get("models", {})
     user = sorted({str(Path(p).parent) for p in models.values() if p and "pvsquant/data/models" not in p})
+    dicom = qc.get("dicom", {})
+
+    def source(role: str) -> Any:
+        if role in dicom:  # converted from DICOM: the series, not the temporary NIfTI
+            d = dicom[role]
+            return f"{d.get('folder')} (DICOM series {d.get('series_number')} '{d.get('description')}', " \
+                   f"{d.get('n_files')} files)"
+        return (inputs.get(role) or {}).get("path")
+
+    acquired = next((d.get("header", {}).get(k) for d in dicom.values()
+                     for k in ("AcquisitionDateTime", "AcquisitionDate") if d.get("header", {}).get(k)), None)
     rows = [
         ("subject", qc.get("subject")),
-        ("T1", (inputs.get("t1") or {}).get("path")),
-        ("T2", (inputs.get("t2") or {}).get("path")),
+        ("T1", source("t1")),
+        ("T2", source("t2")),
+        *([("scanner", qc["scanner"])] if qc.get("scanner") else []),
+        *([("acquired", acquired)] if acquired else []),
         ("T2 voxel size (mm)", " x ".join(f"{v:g}" for v in (inputs.get("t2") or {}).get("spacing_mm", []))),
         ("processed", qc.get("date", "unknown")),
         ("software", f"pvsquant {qc.get('pvsquant_version')}, torch {qc.get('versions', {}).get('torch', '?')}"),
