@@ -127,6 +127,15 @@ def test_sample_is_reproducible_and_empty_when_asked(phantom_map):
     assert empty.count == 0 and empty.density.sum() == 0.0
 
 
+def test_max_density_bounds_the_drawn_density(phantom_map):
+    """The same draw with a lower ceiling: never above it; with a higher one, above the old ceiling."""
+    drawn = [make_sample(phantom_map, "basal_ganglia", sample_rng(1, "basal_ganglia", i), max_density_per_ml=m)
+             .meta["density_per_ml"] for i in range(3) for m in (0.2, 20.0)]
+    low, high = drawn[0::2], drawn[1::2]
+    assert max(low) <= 0.2
+    assert all(h >= lo for h, lo in zip(high, low, strict=True)) and max(high) > 1.0
+
+
 def test_standardised_phantom_labels_are_unchanged():
     lab = anatomy_phantom().labels.array
     np.testing.assert_array_equal(standardise_labels(lab), lab)

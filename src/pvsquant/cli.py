@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: SynthSeg's training maps in ../shared/data, or $PVSQUANT_LABEL_MAPS)")
     train.add_argument("--samples", type=int, default=400, help="synthetic training patches per region")
     train.add_argument("--val-samples", type=int, default=50, help="held-out patches per region (other maps)")
+    train.add_argument("--max-density", type=float, default=3.0, help="highest synthetic PVS density (PVS per ml) "
+                       "of a training patch (log-uniform from 0.05; default 3); use a new --cache when changing it")
     train.add_argument("--val-maps", type=int, default=2, help="how many label maps are held out for validation")
     train.add_argument("--steps", type=int, default=800)
     train.add_argument("--batch-size", type=int, default=8)
@@ -193,9 +195,10 @@ def train_command(args: argparse.Namespace) -> int:
     regions = list(REGION_CODES) if args.region == "all" else [args.region]
     for region in regions:
         generate_dataset(maps[: len(maps) - args.val_maps], region, args.samples, cache / "train", seed=args.seed,
-                         workers=args.threads)
+                         workers=args.threads, max_density_per_ml=args.max_density)
         generate_dataset(maps[len(maps) - args.val_maps:], region, args.val_samples, cache / "val",
-                         seed=args.seed + 1000, workers=args.threads, shard_size=25)
+                         seed=args.seed + 1000, workers=args.threads, shard_size=25,
+                         max_density_per_ml=args.max_density)
     settings = TrainSettings(region=args.region, model=args.model, steps=args.steps, batch_size=args.batch_size,
                              learning_rate=args.lr, density_weight=args.density_weight,
                              count_weight=args.count_weight, seed=args.seed,

@@ -241,8 +241,10 @@ def _region_points(amap: AnatomyMap, region: str | None, lo: np.ndarray, hi: np.
 
 
 def make_sample(amap: AnatomyMap, region: str, rng: np.random.Generator, settings: Settings = Settings(),
-                patch_shape: tuple[int, int, int] = PATCH_SHAPE, density_per_ml: float | None = None) -> Sample:
-    """One synthetic training patch (see the module docstring)."""
+                patch_shape: tuple[int, int, int] = PATCH_SHAPE, density_per_ml: float | None = None,
+                max_density_per_ml: float = 3.0) -> Sample:
+    """One synthetic training patch (see the module docstring). Without ``density_per_ml``, the PVS
+    density is 0 (15% of patches) or log-uniform in [0.05, ``max_density_per_ml``] PVS per ml."""
     spacing = np.asarray(settings.target_spacing_mm, float)
     region_idx = np.argwhere(amap.regions.array == REGION_CODES[region])
     if len(region_idx) == 0:
@@ -274,7 +276,8 @@ def make_sample(amap: AnatomyMap, region: str, rng: np.random.Generator, setting
     lo, hi = centre - half_patch - 4.0, centre + half_patch + 4.0
     candidates = _region_points(amap, region, lo, hi)
     if density_per_ml is None:
-        density_per_ml = 0.0 if rng.uniform() < 0.15 else float(np.exp(rng.uniform(np.log(0.05), np.log(3.0))))
+        density_per_ml = 0.0 if rng.uniform() < 0.15 else float(np.exp(rng.uniform(np.log(0.05),
+                                                                                   np.log(max_density_per_ml))))
     n = int(rng.poisson(density_per_ml * len(candidates) / 1000.0))
     centres = spaced_points(candidates, min(n, 120), 2.5, rng)
     tubes = pvs_tubes(amap, region, centres, rng)
@@ -361,13 +364,13 @@ def prepared_map(map_file: Path, cache_dir: Path, settings: Settings) -> Anatomy
 
 
 def _write_shard(args: tuple) -> str:
-    map_files, region, seed, indices, out_file, settings = args
+    map_files, region, seed, indices, out_file, settings, max_density = args
     maps = [prepared_map(f, Path(out_file).parent, settings) for f in map_files]
     images, masks, densities, counts, metas = [], [], [], [], []
     for i in indices:
         rng = sample_rng(seed, region, i)
         amap = maps[int(rng.integers(len(maps)))]
-        s = make_sample(amap, region, rng, settings)
+        s = make_sample(amap, region, rng, settings, max_density_per_ml=max_density)
         images.append(s.image.astype(np.float16))
         masks.append(s.region_mask)
         densities.append(s.density.astype(np.float16))
@@ -381,9 +384,9 @@ def _write_shard(args: tuple) -> str:
 
 def generate_dataset(map_files: list[Path], region: str, n_samples: int, out_dir: str | Path, seed: int = 0,
                      workers: int = 1, shard_size: int = 50, settings: Settings = Settings(),
-                     progress: bool = True) -> list[Path]:
+                     progress: bool = True, max_density_per_ml: float = 3.0) -> list[Path]:
     """Write ``n_samples`` samples of a region as shards ``<region>_<seed>_<k>.npz``; existing
-    shards are kept (so an interrupted run resumes)."""
+    shards are kept (so an interrupted run resumes: keep one cache folder per ``max_density_per_ml``)."""
     from concurrent.futures import ProcessPoolExecutor
 
     out_dir = Path(out_dir)
@@ -394,7 +397,7 @@ def generate_dataset(map_files: list[Path], region: str, n_samples: int, out_dir
         files.append(f)
         if not f.exists():
             jobs.append((list(map_files), region, seed, list(range(start, min(start + shard_size, n_samples))), f,
-                         settings))
+                         settings, max_density_per_ml))
     if workers > 1 and jobs:  # prepare the maps once, in parallel, before the workers need them
         from concurrent.futures import ProcessPoolExecutor as Pool
 
