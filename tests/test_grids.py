@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pvsquant.grids import ball, resample, resample_labels, reslice_affine, voxel_indices, world_coordinates
 from pvsquant.types import Volume
@@ -67,3 +68,20 @@ def test_ball_is_physical_on_anisotropic_grid():
     b = ball(2.0, (0.5, 0.5, 0.8))
     assert b.shape == (9, 9, 5)
     assert b[4, 4, 2] and not b[0, 0, 0]
+
+
+@pytest.mark.parametrize("radius", [0.4, 1.0, 2.3])
+def test_ball_morphology_by_distance_equals_scipy(radius):
+    from scipy import ndimage
+
+    from pvsquant.grids import ball, close_ball, dilate_ball, erode_ball
+
+    spacing = (0.5, 0.6, 0.8)
+    rng = np.random.default_rng(int(radius * 10))
+    mask = ndimage.gaussian_filter(rng.normal(size=(30, 26, 18)), 2.0) > 0.05
+    element = ball(radius, spacing)
+    np.testing.assert_array_equal(dilate_ball(mask, radius, spacing),
+                                  ndimage.binary_dilation(mask, structure=element))
+    np.testing.assert_array_equal(erode_ball(mask, radius, spacing), ndimage.binary_erosion(mask, structure=element))
+    np.testing.assert_array_equal(close_ball(mask, radius, spacing), ndimage.binary_closing(mask, structure=element))
+    assert not dilate_ball(np.zeros((4, 4, 4), bool), radius, spacing).any()

@@ -95,3 +95,27 @@ def ball(radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.nda
     axes = [np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=False)]
     xx, yy, zz = np.meshgrid(*axes, indexing="ij")
     return (xx ** 2 + yy ** 2 + zz ** 2) <= radius_mm ** 2 + 1e-9
+
+
+def dilate_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:
+    """Binary dilation of ``mask`` by :func:`ball` (same result), by a distance transform: its cost does
+    not grow with the ball's size."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return mask.copy()
+    distance_sq = ndimage.distance_transform_edt(~mask, sampling=np.asarray(spacing_mm, float)) ** 2
+    return distance_sq <= radius_mm ** 2 + 1e-9
+
+
+def erode_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:
+    """Binary erosion of ``mask`` by :func:`ball`, voxels outside the array counting as background
+    (as ``scipy.ndimage.binary_erosion`` does)."""
+    mask = np.asarray(mask, bool)
+    padded = np.pad(mask, 1)  # the array's outside is background
+    distance_sq = ndimage.distance_transform_edt(padded, sampling=np.asarray(spacing_mm, float)) ** 2
+    return (distance_sq > radius_mm ** 2 + 1e-9)[1:-1, 1:-1, 1:-1] & mask
+
+
+def close_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:
+    """Binary closing (dilation then erosion) by :func:`ball`."""
+    return erode_ball(dilate_ball(mask, radius_mm, spacing_mm), radius_mm, spacing_mm)

@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from .. import labels as fs
-from ..grids import ball, resample, resample_labels, reslice_affine, voxel_indices, world_coordinates
+from ..grids import ball, close_ball, resample, resample_labels, reslice_affine, voxel_indices, world_coordinates
 from ..types import REGION_CODES, Anatomy, QCFlag, RigidTransform, Settings, Volume, default_qc_limits
 
 EXPECTED_VOLUME_ML = {name: default_qc_limits()[f"volume:{name}"][0] for name in REGION_CODES}
@@ -99,9 +98,8 @@ def basal_ganglia_mask(labels: np.ndarray, spacing_mm: np.ndarray, closing_mm: f
     nuclei = np.isin(labels, fs.CAUDATE + fs.PUTAMEN + fs.PALLIDUM + fs.THALAMUS)
     if not nuclei.any():
         return nuclei
-    element = ball(closing_mm, spacing_mm)
-    pad = max(element.shape)
-    closed = ndimage.binary_closing(np.pad(nuclei, pad), structure=element)[pad:-pad, pad:-pad, pad:-pad]
+    pad = max(ball(closing_mm, spacing_mm).shape)
+    closed = close_ball(np.pad(nuclei, pad), closing_mm, spacing_mm)[pad:-pad, pad:-pad, pad:-pad]
     capsule = closed & np.isin(labels, fs.WM)
     return nuclei | capsule
 

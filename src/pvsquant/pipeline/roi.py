@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..grids import ball, resample, voxel_indices, world_coordinates
+from ..grids import dilate_ball, resample, voxel_indices, world_coordinates
 from ..types import REGION_CODES, RegionCrop, Settings, Volume
 from .regions import Regions
 
@@ -103,7 +103,7 @@ def count_mask(region_mask: np.ndarray, spacing_mm: np.ndarray | tuple[float, ..
                ) -> np.ndarray:
     """Where a region's PVS density is summed: the region grown by ``margin_mm``, so that the
     density blob of a PVS on the region's edge is counted whole."""
-    return ndimage.binary_dilation(region_mask.astype(bool), structure=ball(margin_mm, spacing_mm))
+    return dilate_ball(region_mask.astype(bool), margin_mm, spacing_mm)
 
 
 def normalise_in_mask(image: np.ndarray, region_mask: np.ndarray, spacing_mm: np.ndarray | tuple[float, ...],
@@ -117,7 +117,7 @@ def normalise_in_mask(image: np.ndarray, region_mask: np.ndarray, spacing_mm: np
     spacing = np.asarray(spacing_mm, dtype=float)
     mask = region_mask.astype(bool)
     if settings.roi_dilation_mm > 0:
-        mask = ndimage.binary_dilation(mask, structure=ball(settings.roi_dilation_mm, spacing))
+        mask = dilate_ball(mask, settings.roi_dilation_mm, spacing)
     soft = ndimage.gaussian_filter(mask.astype(np.float32), sigma=settings.roi_smoothing_sigma_mm / spacing)
     masked = image * soft
     support = soft > 1e-2
