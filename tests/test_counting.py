@@ -133,3 +133,21 @@ def test_lacunes_are_not_counted_as_pvs_by_the_cnn():
     clean = count_region(lacune_crop(0, np.random.default_rng(0)), models, SPACING).counts
     lacunes = count_region(lacune_crop(3, np.random.default_rng(0)), models, SPACING).counts
     assert lacunes["cnn"] - clean["cnn"] < 1.0
+
+
+def test_channels_last_networks_give_the_same_numbers():
+    """load_models() puts the networks in channels-last 3D layout for speed; the output must not change."""
+    import torch
+
+    from pvsquant.models import build_model
+
+    torch.manual_seed(0)
+    x, m = torch.rand(1, 3, 32, 40, 24), torch.ones(1, 1, 32, 40, 24)
+    for name in ("gpunet", "cnn"):
+        net = build_model(name, 8, 3).eval()
+        with torch.no_grad():
+            value, attention = net(x, m)
+            net.to(memory_format=torch.channels_last_3d)
+            value_cl, attention_cl = net(x.contiguous(memory_format=torch.channels_last_3d), m)
+        torch.testing.assert_close(value_cl, value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(attention_cl, attention, rtol=1e-5, atol=1e-6)

