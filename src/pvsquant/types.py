@@ -179,6 +179,49 @@ class FrangiSettings:
             raise ValueError("lesion_min_diameter_mm must be positive and lesion_margin_mm non-negative")
 
 
+@dataclass(frozen=True)
+class LesionSettings:
+    """White-matter lesions and lacunes kept out of the count (:mod:`pvsquant.pipeline.lesions`, where each
+    value's origin is given). Intensities are ratios to the median of the white-matter labels."""
+
+    enabled: bool = True
+    """False: no lesion segmentation, nothing excluded (qc.json says method 'off')."""
+    t2_core_ratio: float = 1.5
+    """T2 above this x the white-matter median is bright enough for a lesion core (MS scans: lesion median
+    1.6-2.1, normal white matter's 99th percentile 1.24-1.42)."""
+    t2_extent_ratio: float = 1.3
+    """A lesion extends over T2 voxels above this ratio around its core (lesions' 10th percentile 1.2-1.4)."""
+    t1_max_ratio: float | None = 0.95
+    """With a T1: lesion voxels are below this x the T1 white-matter median (lesions' 90th percentile
+    0.86-0.92; CSF ~0.1, so lacunes pass too). None: the T1 is not used."""
+    ball_diameter_mm: float = 4.0
+    """A lesion core holds a ball of this diameter of bright voxels; PVS are <= 3 mm wide (as
+    ``FrangiSettings.lesion_min_diameter_mm``)."""
+    grow_mm: float = 2.0
+    """How far a lesion extends from its core over the ``t2_extent_ratio`` voxels (its fuzzy rim)."""
+    csf_clearance_mm: float = 1.0
+    """A core's centre lies at least this far from the CSF and ventricle labels (misregistered ventricle edges
+    are not lesions)."""
+    flair_ratio: float = 1.4
+    """With a FLAIR: FLAIR above this x its white-matter median (and T2 above ``t2_extent_ratio``) is a lesion;
+    normal grey matter is ~1.1-1.25 on clinical FLAIR, CSF (and PVS) below 1."""
+    flair_min_volume_mm3: float = 5.0
+    """Smaller FLAIR-bright clusters are noise."""
+    margin_mm: float = 1.0
+    """The lesions, dilated by this margin, are removed from the counting regions (their rim is partial volume)."""
+
+    def __post_init__(self) -> None:
+        if min(self.t2_core_ratio, self.t2_extent_ratio, self.flair_ratio) <= 0:
+            raise ValueError("t2_core_ratio, t2_extent_ratio and flair_ratio must be positive")
+        if self.t2_extent_ratio > self.t2_core_ratio:
+            raise ValueError(f"t2_extent_ratio ({self.t2_extent_ratio}) must not exceed t2_core_ratio "
+                             f"({self.t2_core_ratio})")
+        if self.ball_diameter_mm <= 0 or min(self.grow_mm, self.csf_clearance_mm, self.margin_mm,
+                                             self.flair_min_volume_mm3) < 0:
+            raise ValueError("ball_diameter_mm must be positive; grow_mm, csf_clearance_mm, margin_mm and "
+                             "flair_min_volume_mm3 non-negative")
+
+
 def default_qc_limits() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
     """The quality gates' ranges (pass, warn); see ``Settings.qc_limits``."""
     no = 1e9
@@ -257,6 +300,8 @@ class Settings:
     frangi: FrangiSettings = field(default_factory=lambda: FrangiSettings(fill_outside=False))
     """Frangi vesselness (the networks' second channel) and the Frangi baseline count, on the
     unmasked crop. Weights of pvsquant 0.1 (two channels) use the same with ``fill_outside=True``."""
+    lesions: LesionSettings = field(default_factory=LesionSettings)
+    """White-matter lesions and lacunes (T2-bright, not thin tubes) removed from the counting regions."""
     detection_level: float = 1.5e-3
     """Detected PVS: components of the GP-Unet attention map above this level (PVS per voxel) ..."""
     detection_min_mass: float = 0.15
@@ -362,3 +407,5 @@ class SubjectInputs:
     t2: Path
     labels: Path | None = None
     subject_id: str | None = None
+    flair: Path | None = None
+    """Optional FLAIR (registered rigidly to the T2): white-matter lesions are then found on it."""
