@@ -201,3 +201,31 @@ def test_settings_round_trip_and_checks():
         LesionSettings(t2_extent_ratio=2.0)
     with pytest.raises(ValueError, match="ball_diameter_mm must be positive"):
         LesionSettings(ball_diameter_mm=0)
+
+
+def test_run_writes_lesions_qc_and_report(phantom_run):
+    out, result = phantom_run
+    record = result.qc["lesions"]
+    assert record["method"] == "t2+t1"
+    assert set(record["excluded_ml"]) == set(REGION_CODES)
+    assert (out / "lesions.nii.gz").is_file()
+    assert "lesions" in result.qc["timings_s"]
+    assert "id='lesions'" in (out / "report.html").read_text()
+
+
+def test_prepare_subject_with_a_flair_and_the_cli_option(phantom_case, tmp_path):
+    from pvsquant.cli import build_parser, resolve_run_inputs
+    from pvsquant.pipeline.run import StageTimer, prepare_subject
+
+    t1, t2, aseg = phantom_case
+    args = build_parser().parse_args(["run", "--t1", str(t1), "--t2", str(t2), "--flair", str(t2),
+                                      "--labels", str(aseg), "--out", str(tmp_path / "out")])
+    inputs, _ = resolve_run_inputs(args, tmp_path)
+    assert inputs.flair == t2
+    timer = StageTimer()
+    prep = prepare_subject(inputs, Settings(), timer)
+    assert prep.lesions is not None and prep.lesions.method == "flair+t2+t1"
+    assert {"flair_registration", "lesions"} <= set(timer.timings)
+    for name, lost in prep.excluded_ml.items():
+        assert lost >= 0 and prep.regions.volumes_ml[name] >= 0
+    assert sum(prep.excluded_ml.values()) > 0  # the phantom's T2 has grey-matter-bright blobs in white matter

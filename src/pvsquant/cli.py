@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--t2-series", metavar="SERIES", help="the same for --t2")
     run.add_argument("--out", required=True, type=Path, help="output folder (created; must not exist)")
     run.add_argument("--labels", type=Path, help="your own aseg-coded label map on the T1 (skips segmentation)")
+    run.add_argument("--flair", type=Path, help="FLAIR NIfTI (optional): registered rigidly to the T2, it finds "
+                     "white-matter lesions, which are left out of the count (lesions.nii.gz)")
     run.add_argument("--subject", help="subject id for reports (default: output folder name)")
     _add_common(run)
 
@@ -262,7 +264,8 @@ def resolve_run_inputs(args: argparse.Namespace, work: Path) -> tuple[SubjectInp
         raise InputSettingsError("--t1-series needs --t1 (a DICOM folder)")
     t2, t2_dicom = resolve_input(args.t2, work, args.t2_series, role="T2")
     t1, t1_dicom = resolve_input(args.t1, work, args.t1_series, role="T1") if args.t1 else (None, None)
-    inputs = SubjectInputs(t1=t1, t2=t2, labels=args.labels, subject_id=args.subject or args.out.name)
+    inputs = SubjectInputs(t1=t1, t2=t2, labels=args.labels, subject_id=args.subject or args.out.name,
+                           flair=args.flair)
     converted = {role: c for role, c in (("t1", t1_dicom), ("t2", t2_dicom)) if c is not None}
     if not converted:
         return inputs, None

@@ -2,7 +2,8 @@
 
 Stages (each its own module, data flowing one way):
 load/check (io) -> rigid T1->T2 (registration) -> labels on the T1 (anatomy)
--> counting regions on the T2 (regions) -> network inputs (roi) -> outputs + qc.json.
+-> counting regions on the T2 (regions) -> white-matter lesions and lacunes taken out of them
+(lesions; with a FLAIR when given) -> network inputs (roi) -> outputs + qc.json.
 Everything is written into a temporary folder that replaces ``out_dir`` only when the
 whole run succeeded.
 """
@@ -30,6 +31,15 @@ from ..reporting.report import write_report
 from ..types import REGION_CODES, Anatomy, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
 from .anatomy import segment_anatomy, settings_for_t2, structure_volumes_ml
 from .counting import count_region, load_models, primary_counts, save_count_outputs
+from .lesions import (
+    Lesions,
+    exclude_lesions,
+    lesion_record,
+    lesions_into_anatomy,
+    lesions_on_grid,
+    register_flair,
+    segment_lesions,
+)
 from .quality import (
     QCCheck,
     anatomy_checks,
@@ -129,15 +139,21 @@ class PreparedSubject:
     transform: RigidTransform
     anatomy: Anatomy
     regions: Regions
+    """The counting regions, without the lesions (and their margin) when the lesion stage ran."""
+    lesions: Lesions | None = None
+    excluded_ml: dict[str, float] = field(default_factory=dict)
+    """Volume (ml) each region lost to the lesions."""
 
 
 def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer) -> PreparedSubject:
-    """Load and check the inputs and weights, register T1 -> T2, label the T1, make the regions."""
+    """Load and check the inputs and weights, register T1 -> T2, label the T1, make the regions, find the
+    lesions and take them out of the regions."""
     t2_only = inputs.t1 is None
     with timer.stage("load", "reading and checking the inputs and the network weights"):
         t2 = load_volume(inputs.t2, "T2")
         t1 = t2 if inputs.t1 is None else load_volume(inputs.t1, "T1")
         user_labels = load_volume(inputs.labels, "label map", labels=True) if inputs.labels else None
+        flair = load_volume(inputs.flair, "FLAIR") if inputs.flair is not None else None
         overlap = 1.0 if t2_only else check_pair_overlap(t1, t2)
         flags = input_flags(t1, t2, overlap, settings)
         models = load_models(settings.models_dir, settings.threads)  # fail fast on bad weights
@@ -177,7 +193,28 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
                   + anatomy_checks(anatomy, regions.volumes_ml, regions.in_fov, regions.brain_above_caudate_mm,
                                    settings))
         log_checks(checks)
-    return PreparedSubject(inputs, t1, t2, overlap, flags, checks, models, transform, anatomy, regions)
+
+    lesions: Lesions | None = None
+    excluded_ml: dict[str, float] = {}
+    if settings.lesions.enabled:
+        flair_transform = None
+        if flair is not None:
+            with timer.stage("flair_registration", "rigid registration FLAIR -> T2 (SimpleITK, mutual information)"):
+                flair_transform = register_flair(flair, t2, settings)
+                log.info("  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f",
+                         flair_transform.rotation_deg, flair_transform.translation_mm, flair_transform.score)
+        with timer.stage("lesions", "white-matter lesions and lacunes, taken out of the counting regions"):
+            lesions = segment_lesions(t2, anatomy, transform, regions, settings, t1=None if t2_only else t1,
+                                      flair=flair, flair_transform=flair_transform)
+            regions, excluded_ml = exclude_lesions(regions, lesions, settings)
+            anatomy = lesions_into_anatomy(anatomy, lesions, transform)
+            flags.extend(lesions.flags)
+            log.info("  %s: %.2f ml of lesions; excluded %s", lesions.method, lesions.volume_ml,
+                     ", ".join(f"{k} {v:.2f} ml" for k, v in excluded_ml.items()))
+    elif flair is not None:
+        log.warning("a FLAIR was given but the lesion stage is off (settings lesions.enabled): it is not used")
+    return PreparedSubject(inputs, t1, t2, overlap, flags, checks, models, transform, anatomy, regions, lesions,
+                           excluded_ml)
 
 
 def log_checks(checks: list[QCCheck]) -> None:
@@ -209,6 +246,8 @@ def quantify_subject(
     save_volume(anatomy.labels, out / "anatomy.nii.gz", dtype=np.int16)
     regions_t2 = regions_on_grid(regions, t2.affine, t2.shape)
     save_volume(regions_t2, out / "regions.nii.gz", dtype=np.uint8)
+    if prep.lesions is not None:
+        save_volume(lesions_on_grid(prep.lesions, t2.affine, t2.shape), out / "lesions.nii.gz", dtype=np.uint8)
 
     with timer.stage("roi", "network inputs: T2 at 0.5x0.5x0.8 mm, masked, cropped, normalised"):
         crops = crop_regions(t2, regions, settings)
@@ -278,6 +317,7 @@ def quantify_subject(
             "t1": None if inputs.t1 is None else describe_input(t1),
             "t2": describe_input(t2),
             "labels": str(inputs.labels) if inputs.labels else None,
+            "flair": None if inputs.flair is None else str(inputs.flair),
             "t2_fov_inside_t1_fraction": round(prep.overlap, 3),
         },
         "registration": {"method": "none: no T1, the anatomy was made on the T2"} if inputs.t1 is None else {
@@ -302,6 +342,8 @@ def quantify_subject(
             ],
             "superior_axis_t2_world": np.round(regions.superior_axis_t2, 4).tolist(),
         },
+        "lesions": {"method": "off"} if prep.lesions is None else lesion_record(prep.lesions, prep.excluded_ml,
+                                                                                  settings),
         "roi": roi_info,
         "counts": count_rows,
         "primary_counts": primary_counts(count_rows),

@@ -152,6 +152,29 @@ def qc_section(qc: dict[str, Any]) -> str:
             f"{reasons}{table}")
 
 
+LESION_METHODS = {"off": "stage switched off", "none": "not searched (no white-matter label)",
+                  "t2": "T2 alone", "t2+t1": "T2 and T1", "flair+t2": "FLAIR and T2", "flair+t2+t1": "FLAIR, T2 and T1"}
+
+
+def lesion_table(qc: dict[str, Any]) -> str:
+    """Lesions found and the volume each counting region lost to them (qc.json "lesions")."""
+    lesions = qc.get("lesions")
+    if not lesions:
+        return ""
+    method = LESION_METHODS.get(lesions.get("method"), lesions.get("method"))
+    if lesions.get("method") in ("off", "none"):
+        return f"<p class='note' id='lesions'>White-matter lesions: {_esc(method)}; nothing excluded.</p>"
+    volumes = qc.get("regions", {}).get("volumes_ml", {})
+    rows = "".join(
+        f"<tr><td>{_esc(k.replace('_', ' '))}</td><td class='num'>{v:.2f}</td>"
+        f"<td class='num'>{_fmt(volumes.get(k), 1)}</td></tr>" for k, v in lesions.get("excluded_ml", {}).items())
+    return (f"<table id='lesions'><tr><th>white-matter lesions and lacunes</th><td class='num'>"
+            f"{lesions.get('volume_ml', 0.0):.2f} ml</td><td>found from the {_esc(method)}</td></tr>"
+            f"<tr><th>region</th><th>excluded (ml)</th><th>counted volume (ml)</th></tr>{rows}</table>"
+            f"<p class='note'>Lesions (lesions.nii.gz), grown by {lesions.get('margin_mm', 0):g} mm, are left out "
+            "of the counting regions: they are T2-bright like PVS and would be counted as PVS.</p>")
+
+
 def build_report(out_dir: Path) -> str:
     """The HTML text of ``out_dir``'s report."""
     qc = json.loads((out_dir / "qc.json").read_text())
@@ -186,6 +209,7 @@ def build_report(out_dir: Path) -> str:
             f"<tr><td>{_esc(k.replace('_', ' '))}</td><td class='num'>{v:.1f}</td></tr>" for k, v in volumes.items()
         )
         + "</table>",
+        lesion_table(qc),
         "<h2>Figures</h2>",
     ]
     for name, caption in FIGURES:
