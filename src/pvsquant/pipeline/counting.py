@@ -96,7 +96,7 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
         for f in sorted(folder.glob("*.pt")):
             weights = load_weights(f)
             # channels-last 3D convolutions: ~1.5x faster on CPU, the same numbers (tests/test_counting.py)
-            weights.network.to(memory_format=torch.channels_last_3d)
+            weights.network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
             found[(weights.region, weights.model)] = weights
     return found
 
