@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,47 @@ def test_refinement_shrinks_deep_structure_into_fluid_only():
     refined = an.refine_labels(Volume(image, np.eye(4)), Volume(atlas, np.eye(4)), np.ones(shape, bool)).array
     assert np.all(refined[12:28, 10:13, 12:28] == 4)  # fluid-looking caudate voxels became ventricle
     assert np.all(refined[12:28, 15:28, 12:28] == 11)  # the rest of the nucleus kept its label
+
+
+def test_ants_random_seed_is_set_inside_and_restored_after():
+    import ants
+
+    before = ants.config._random_seed
+    with an.ants_random_seed(7):
+        assert ants.config._random_seed == 7
+    assert ants.config._random_seed == before
+    with pytest.raises(RuntimeError, match="inside"), an.ants_random_seed(8):
+        raise RuntimeError("inside")
+    assert ants.config._random_seed == before
+
+
+
+def test_ants_threads_follow_the_deterministic_setting():
+    assert an.ants_threads(Settings(threads=4)) == 1
+    assert an.ants_threads(Settings(threads=4, deterministic=False)) == 4
+
+
+@pytest.mark.parametrize("before", [None, "3"])
+def test_ants_itk_threads_sets_the_variable_inside_and_restores_it(monkeypatch, before):
+    monkeypatch.setattr(an, "_ants_itk_threads", [])
+    if before is None:
+        monkeypatch.delenv(an.ITK_THREADS_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(an.ITK_THREADS_VARIABLE, before)
+    with an.ants_itk_threads(1):
+        assert os.environ[an.ITK_THREADS_VARIABLE] == "1"
+    assert os.environ.get(an.ITK_THREADS_VARIABLE) == before
+    with pytest.raises(RuntimeError, match="inside"), an.ants_itk_threads(1):
+        raise RuntimeError("inside")
+    assert os.environ.get(an.ITK_THREADS_VARIABLE) == before
+
+
+def test_ants_itk_threads_warns_when_the_count_differs_from_the_first(monkeypatch, caplog):
+    monkeypatch.setattr(an, "_ants_itk_threads", [])
+    monkeypatch.delenv(an.ITK_THREADS_VARIABLE, raising=False)
+    with an.ants_itk_threads(1), an.ants_itk_threads(1):
+        pass
+    assert "ANTs keeps" not in caplog.text
+    with an.ants_itk_threads(2):
+        pass
+    assert "ANTs keeps the 1 thread(s) it started with in this process; 2 asked for" in caplog.text

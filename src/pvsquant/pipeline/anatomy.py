@@ -24,6 +24,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -226,11 +228,75 @@ def refine_labels(image: Volume, labels: Volume, mask: np.ndarray, prior_sigma_m
     return labels.with_array(refined)
 
 
-def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
-    """Register the shipped labelled template to the T1, carry its labels over, refine them."""
+@contextmanager
+def ants_random_seed(seed: int) -> Iterator[None]:
+    """ANTsPy's random seed set to ``seed`` inside the block, the previous one restored after it.
+
+    antspy ignores a ``random_seed`` argument: its seed is the module-level ``ants.config._random_seed``
+    (None: ANTs seeds from the clock, and the metric's sample points moved between runs).
+    """
     import ants
 
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(settings.threads))
+    previous = ants.config._random_seed
+    ants.config._random_seed = seed
+    try:
+        yield
+    finally:
+        ants.config._random_seed = previous
+
+
+ITK_THREADS_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+_ants_itk_threads: list[int] = []
+"""The thread count ANTsPy's ITK took at its first use by pvsquant in this process (it keeps it)."""
+
+
+def ants_threads(settings: Settings) -> int:
+    """Threads of ITK inside ANTsPy (N4, atlas registration): one when ``settings.deterministic``, else
+    ``settings.threads``.
+
+    The affine stage's Mattes metric flushes each thread's joint-histogram derivatives into one shared
+    array under a lock, in whatever order the threads get there: on two threads the example's labels
+    differed by ~1000-2500 voxels from run to run; on one they are bit-identical, and the stage took as
+    long on the 2-core development machine (ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1, the fix the ANTs
+    authors give). ANTsPy's reproducible alternative, global correlation in the affine stage
+    (``antsRegistrationSyNRepro``), lost Dice on the painted benchmark (hippocampus 0.68 -> 0.58 on 3 maps).
+    """
+    return 1 if settings.deterministic else max(1, settings.threads)
+
+
+@contextmanager
+def ants_itk_threads(threads: int) -> Iterator[None]:
+    """``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` set to ``threads`` inside the block, restored after it.
+
+    ANTsPy's ITK reads the variable once, at its first filter in the process, and keeps that count
+    (setting it later changes nothing): a block asking for another count than the first one gets a
+    warning, since its results may then vary from run to run. Enter the block before ANTsPy's first use.
+    """
+    if not _ants_itk_threads:
+        _ants_itk_threads.append(threads)
+    elif _ants_itk_threads[0] != threads:
+        log.warning("ANTs keeps the %d thread(s) it started with in this process; %d asked for. "
+                    "Run with other thread or determinism settings in a new process.", _ants_itk_threads[0], threads)
+    previous = os.environ.get(ITK_THREADS_VARIABLE)
+    os.environ[ITK_THREADS_VARIABLE] = str(threads)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ITK_THREADS_VARIABLE, None)
+        else:
+            os.environ[ITK_THREADS_VARIABLE] = previous
+
+
+def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
+    """Register the shipped labelled template to the T1, carry its labels over, refine them."""
+    with ants_itk_threads(ants_threads(settings)):
+        return _segment_with_atlas(t1, settings)
+
+
+def _segment_with_atlas(t1: Volume, settings: Settings) -> Anatomy:
+    import ants
+
     template_path, labels_path = atlas_files()
     template = ants.image_read(str(template_path))
     template_labels = ants.image_read(str(labels_path))
@@ -257,17 +323,11 @@ def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
     fixed = _to_ants(t1_work.with_array(t1_work.array / np.maximum(bias_work.array, 1e-3))) * fixed_mask
     log.debug("N4 bias field: %.1f s", time.perf_counter() - tic)
     tic = time.perf_counter()
-    # antspy ignores a random_seed argument: its seed is the module-level ants.config._random_seed
-    # (None: ANTs seeds from the clock, and the labels differed between runs). Set it for this call.
-    previous_seed = ants.config._random_seed
-    ants.config._random_seed = settings.seed + 1
-    try:
+    with ants_random_seed(settings.seed + 1):
         reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyN",
                                 aff_metric="mattes", syn_metric=settings.atlas_syn_metric,
                                 syn_sampling=2 if settings.atlas_syn_metric == "CC" else 32,
                                 reg_iterations=settings.atlas_syn_iterations)
-    finally:
-        ants.config._random_seed = previous_seed
     affine_file = reg["fwdtransforms"][-1]
     warped = ants.apply_transforms(fixed=_to_ants(t1), moving=template_labels,
                                    transformlist=reg["fwdtransforms"], interpolator="genericLabel")

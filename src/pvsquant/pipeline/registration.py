@@ -7,6 +7,8 @@ multi-resolution pyramid treats thin in-plane and thick through-plane voxels ali
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,6 +40,28 @@ def _isotropic(volume: Volume, spacing_mm: float) -> Volume:
 def _normalise(volume: Volume) -> Volume:
     lo, hi = np.percentile(volume.array, [1, 99.5])
     return volume.with_array(np.clip((volume.array - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32))
+
+
+@contextmanager
+def sitk_threads(threads: int) -> Iterator[None]:
+    """SimpleITK's global default number of threads set to ``threads`` inside the block, restored after."""
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def registration_threads(settings: Settings) -> int:
+    """Threads of the rigid registration: one when ``settings.deterministic``, else ``settings.threads``.
+
+    With a global (rigid, affine) transform, ITK's Mattes metric flushes each thread's buffered
+    joint-histogram derivatives into one shared array under a lock, in whatever order the threads get
+    there: on two threads the example's transform differed by ~1e-12 from run to run, enough to move a
+    voxel at a region's border. On one thread it is bit-identical.
+    """
+    return 1 if settings.deterministic else max(1, settings.threads)
 
 
 def register_t1_to_t2(t1: Volume, t2: Volume, settings: Settings = Settings(),
@@ -82,16 +106,17 @@ def register_t1_to_t2(t1: Volume, t2: Volume, settings: Settings = Settings(),
     reg.SetSmoothingSigmasPerLevel([max(0.0, (f - 1) * 1.0) for f in settings.registration_levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(transform, inPlace=False)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, settings.threads))
 
-    initial_score = float(reg.MetricEvaluate(fixed, moving))
-    result = reg.Execute(fixed, moving)
-    # Score at the solution on the finest level, full sampling, for a stable QC figure.
-    final = sitk.ImageRegistrationMethod()
-    final.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    final.SetInterpolator(sitk.sitkLinear)
-    final.SetInitialTransform(result)
-    score = float(final.MetricEvaluate(fixed, moving))
+    # The metric takes SimpleITK's global default (the method's own SetNumberOfThreads does not reach it).
+    with sitk_threads(registration_threads(settings)):
+        initial_score = float(reg.MetricEvaluate(fixed, moving))
+        result = reg.Execute(fixed, moving)
+        # Score at the solution on the finest level, full sampling, for a stable QC figure.
+        final = sitk.ImageRegistrationMethod()
+        final.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        final.SetInterpolator(sitk.sitkLinear)
+        final.SetInitialTransform(result)
+        score = float(final.MetricEvaluate(fixed, moving))
     log.debug("registration stop: %s", reg.GetOptimizerStopConditionDescription())
 
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0)) \
