@@ -262,3 +262,18 @@ def test_dicom2bids_makes_a_dataset_pvsquant_bids_reads(tmp_path, capsys):
                  "5"]) == 1  # exists: refused without --overwrite
     assert main(["dicom2bids", str(study), str(bids), "--subject", "08"]) == 1  # two series, no choice
     assert not (bids / "sub-08").exists()
+
+
+def test_dataset_description_is_left_alone_when_unchanged(tmp_path):
+    import os
+
+    from pvsquant.cohort.bids import write_dataset_description
+
+    path = write_dataset_description(tmp_path / "out", tmp_path / "bids", {"cso_gpunet": "a" * 64})
+    description = json.loads(path.read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "pvsquant"
+    os.utime(path, ns=(1, 1))
+    write_dataset_description(tmp_path / "out", tmp_path / "bids", {"cso_gpunet": "a" * 64})
+    assert path.stat().st_mtime_ns == 1
+    write_dataset_description(tmp_path / "out", tmp_path / "bids", {"cso_gpunet": "b" * 64})
+    assert path.stat().st_mtime_ns != 1 and "b" * 64 in path.read_text()

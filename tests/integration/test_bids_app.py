@@ -49,11 +49,13 @@ def processed(tmp_path_factory):
     killed = kill_worker_mid_subject(out, "sub-01")
     stdout, _ = first.communicate(timeout=1500)
     state = outputs_state(out)
+    first_table = (out / "logs" / "participant.tsv").read_text()  # the rerun rewrites it
     second = subprocess.run([*PVSQUANT, "bids", str(bids), str(out), "participant", "--no-progress"],
                             capture_output=True, text=True, timeout=600)
     group = subprocess.run([*PVSQUANT, "bids", str(bids), str(out), "group"], capture_output=True, text=True,
                            timeout=600)
     return {"bids": bids, "out": out, "first": (first.returncode, stdout), "killed": killed, "state": state,
+            "first_table": first_table,
             "second": second, "group": group}
 
 
@@ -62,8 +64,7 @@ def test_participant_level_survives_a_killed_worker_and_records_failures(process
     rc, stdout = processed["first"]
     assert rc == 1, stdout  # two subjects failed on purpose
     assert "4 subject(s): 2 computed, 0 skipped (finished earlier), 2 failed" in stdout
-    rows = {line.split("\t")[0]: line.split("\t") for line in (out / "logs" / "participant.tsv").read_text()
-            .splitlines()[1:]}
+    rows = {line.split("\t")[0]: line.split("\t") for line in processed["first_table"].splitlines()[1:]}
     assert rows["sub-01"][1] == "done" and rows["sub-02"][1] == "done"
     assert rows["sub-03"][1] == "failed" and "sub-03_T2w.nii.gz" in rows["sub-03"][5]
     assert rows["sub-04"][1] == "failed" and "no T2w" in rows["sub-04"][5]
@@ -95,6 +96,8 @@ def test_rerun_recomputes_nothing(processed):
     assert "2 computed" not in second.stdout
     assert "0 computed, 2 skipped (finished earlier), 2 failed" in second.stdout, second.stdout + second.stderr
     assert outputs_state(processed["out"]) == processed["state"]
+    rows = (processed["out"] / "logs" / "participant.tsv").read_text()
+    assert "sub-01\tskipped\tpass" in rows and "sub-02\tskipped\tpass" in rows
 
 
 def test_group_level(processed):

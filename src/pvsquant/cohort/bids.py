@@ -288,7 +288,13 @@ def write_dataset_description(output_dir: Path, bids_dir: Path, weights: dict[st
         "SourceDatasets": [{"URL": bids_dir.resolve().as_uri()}],
         "DatasetLinks": {"raw": bids_dir.resolve().as_uri()},
     }
-    return write_json(description, output_dir / "dataset_description.json")
+    path = output_dir / "dataset_description.json"
+    try:
+        if json.loads(path.read_text()) == json.loads(json.dumps(description)):
+            return path  # unchanged: a rerun leaves the file (and its time stamp) as it was
+    except (OSError, ValueError):
+        pass
+    return write_json(description, path)
 
 
 def methods_text(weights: dict[str, str], settings: dict[str, Any]) -> str:

@@ -101,7 +101,10 @@ def participant_level(bids_dir: Path, output_dir: Path, settings: Settings, part
     weights = weights_sha256(settings.models_dir)
     write_dataset_description(output_dir, bids_dir, weights)
     (output_dir / "logs").mkdir(exist_ok=True)
-    (output_dir / "logs" / "CITATION.md").write_text(methods_text(weights, settings.to_json()), encoding="utf-8")
+    citation = output_dir / "logs" / "CITATION.md"
+    text = methods_text(weights, settings.to_json())
+    if not citation.is_file() or citation.read_text(encoding="utf-8") != text:
+        citation.write_text(text, encoding="utf-8")
     log.info("%d subject(s) to process with %s", len(subjects),
              f"the Dask scheduler at {scheduler}" if scheduler else f"{workers} local worker(s)")
     outcomes = run_tasks(process_subject, subjects, [s.key for s in subjects], workers=workers, scheduler=scheduler,
