@@ -95,7 +95,8 @@ def test_rerun_recomputes_nothing(processed):
     second = processed["second"]
     assert "2 computed" not in second.stdout
     assert "0 computed, 2 skipped (finished earlier), 2 failed" in second.stdout, second.stdout + second.stderr
-    assert outputs_state(processed["out"]) == processed["state"]
+    now = outputs_state(processed["out"])  # (the group level, run after the rerun, adds its own files)
+    assert {k: now.get(k) for k in processed["state"]} == processed["state"]
     rows = (processed["out"] / "logs" / "participant.tsv").read_text()
     assert "sub-01\tskipped\tpass" in rows and "sub-02\tskipped\tpass" in rows
 
