@@ -277,3 +277,17 @@ def test_dataset_description_is_left_alone_when_unchanged(tmp_path):
     assert path.stat().st_mtime_ns == 1
     write_dataset_description(tmp_path / "out", tmp_path / "bids", {"cso_gpunet": "b" * 64})
     assert path.stat().st_mtime_ns != 1 and "b" * 64 in path.read_text()
+
+
+def test_sources_of_symlinked_images_stay_in_the_dataset(tmp_path):
+    from pvsquant.cohort.bids import _bids_uri
+
+    bids = small_dataset(tmp_path / "bids")
+    outside = tmp_path / "annex" / "t2.nii.gz"
+    outside.parent.mkdir()
+    link = bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+    outside.write_bytes(link.read_bytes())
+    link.unlink()
+    link.symlink_to(outside)
+    assert _bids_uri(link, bids) == "bids:raw:sub-01/anat/sub-01_T2w.nii.gz"
+    assert _bids_uri(outside, bids) == str(outside)

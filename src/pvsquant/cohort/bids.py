@@ -233,8 +233,7 @@ def export_subject(run_dir: Path, output_dir: Path, subject: BidsSubject, bids_d
     Returns the files written, relative to ``output_dir``."""
     qc = json.loads((run_dir / "qc.json").read_text())
     space = "T2w" if qc.get("anatomy_from") == "T2" else "T1w"
-    sources = [f"bids:raw:{Path(p).resolve().relative_to(bids_dir.resolve())}"
-               for p in (subject.t1, subject.t2) if p is not None]
+    sources = [_bids_uri(p, bids_dir) for p in (subject.t1, subject.t2) if p is not None]
     mapping = derivative_files(subject, space)
     written: list[Path] = []
     target = output_dir / subject.folder
@@ -264,6 +263,15 @@ def export_subject(run_dir: Path, output_dir: Path, subject: BidsSubject, bids_d
         shutil.copy2(run_dir / "report.html", output_dir / f"{subject.key}.html")
         written.append(Path(f"{subject.key}.html"))
     return written
+
+
+def _bids_uri(path: Path, bids_dir: Path) -> str:
+    """``bids:raw:<path in the dataset>``; the plain path when it lies elsewhere (not resolved: a
+    symlinked file, as DataLad makes them, keeps its place in the dataset)."""
+    try:
+        return f"bids:raw:{Path(path).absolute().relative_to(bids_dir.absolute())}"
+    except ValueError:
+        return str(path)
 
 
 def _write_dseg_table(path: Path) -> None:
