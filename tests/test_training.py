@@ -70,3 +70,24 @@ def test_training_resumes_from_its_checkpoint_and_cnn_starts_from_gpunet(cache, 
 def test_load_shards_names_the_missing_region(cache):
     with pytest.raises(FileNotFoundError, match=r"hippocampi"):
         load_shards(cache, ["hippocampi"])
+
+
+def test_training_mixes_real_background_pairs_into_each_batch(cache, tmp_path):
+    """A real-background shard (clean and injected patches, density of the injected PVS only):
+    part of every batch comes from it and the loss reports its difference terms."""
+    with np.load(cache / "basal_ganglia_0_0000.npz") as d:
+        density = d["density"].astype(np.float32)
+        injected = d["image"].astype(np.float32)
+        clean = np.clip(injected - 0.6 * density / max(float(density.max()), 1e-6), 0, 1)
+        real = tmp_path / "real"
+        real.mkdir()
+        np.savez_compressed(real / "basal_ganglia_0_0000.npz", image=injected.astype(np.float16),
+                            clean=clean.astype(np.float16), mask=d["mask"], density=d["density"], count=d["count"],
+                            index=d["index"])
+    settings = TrainSettings(region="basal_ganglia", model="gpunet", steps=20, batch_size=4, crop=(24, 24, 16),
+                             width=4, checkpoint_every=1000, threads=1, background_fraction=0.5)
+    result = train(settings, cache, tmp_path / "run", background_dir=real)
+    history = json.loads((tmp_path / "run" / "train_log.json").read_text())["history"]
+    assert result["real_background_samples"] == 8
+    assert {"bg_density", "bg_count", "density"} <= set(history[-1])
+    assert (real / "basal_ganglia_0_0000.clean_vesselness.npy").is_file()

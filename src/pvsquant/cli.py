@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-density", type=float, default=3.0, help="highest synthetic PVS density (PVS per ml) "
                        "of a training patch (log-uniform from 0.05; default 3); use a new --cache when changing it")
     train.add_argument("--val-maps", type=int, default=2, help="how many label maps are held out for validation")
+    train.add_argument("--background", nargs=2, action="append", type=Path, metavar=("T1", "T2"),
+                       help="a real T1/T2 pair to inject synthetic PVS into (repeat for several; see "
+                       "MODEL_CARD.md); keep the scans you evaluate on out of it")
+    train.add_argument("--background-samples", type=int, default=300, help="real-background patches per region")
+    train.add_argument("--background-fraction", type=float, default=0.35,
+                       help="share of each batch taken from the real backgrounds (with --background)")
     train.add_argument("--steps", type=int, default=800)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lr", type=float, default=2e-3)
@@ -201,12 +207,33 @@ def train_command(args: argparse.Namespace) -> int:
         generate_dataset(maps[len(maps) - args.val_maps:], region, args.val_samples, cache / "val",
                          seed=args.seed + 1000, workers=args.threads, shard_size=25,
                          max_density_per_ml=args.max_density)
+    real_dir = None
+    if args.background:
+        from .learning.backgrounds import generate_background_dataset, prepare_background
+        from .types import Settings
+
+        for t1, t2 in args.background:
+            for path in (t1, t2):
+                if not path.is_file():
+                    log.error("--background: %s is not a file", path)
+                    return 1
+        case_files = []
+        for t1, t2 in args.background:
+            print(f"preparing real background {t2} (registration, anatomy, regions)", flush=True)
+            prepare_background(t1, t2, cache, Settings(threads=args.threads))
+            case_files.append(cache / "backgrounds" / (t2.name.split(".")[0] + ".pkl"))
+        real_dir = cache / "train_real"
+        for region in regions:
+            generate_background_dataset(case_files, region, args.background_samples, real_dir, seed=args.seed,
+                                        workers=args.threads, max_density_per_ml=args.max_density)
     settings = TrainSettings(region=args.region, model=args.model, steps=args.steps, batch_size=args.batch_size,
                              learning_rate=args.lr, density_weight=args.density_weight,
                              count_weight=args.count_weight, seed=args.seed,
                              threads=args.threads, max_minutes=args.minutes,
-                             init=str(args.init) if args.init else None)
-    result = train(settings, cache / "train", args.out, val_dir=cache / "val", device=args.device)
+                             init=str(args.init) if args.init else None,
+                             background_fraction=args.background_fraction if real_dir else 0.0)
+    result = train(settings, cache / "train", args.out, val_dir=cache / "val", device=args.device,
+                   background_dir=real_dir)
     print(json.dumps({k: result[k] for k in ("steps_done", "train_seconds", "validation") if k in result}))
     return 0
 

@@ -60,6 +60,7 @@ class TrainSettings:
     checkpoint_every: int = 100
     max_minutes: float | None = None
     init: str | None = None
+    background_fraction: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +85,26 @@ def load_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarr
     return data
 
 
+def load_background_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarray]:
+    """Cached real-background samples (:mod:`pvsquant.learning.backgrounds`): the injected patch
+    as ``image``, the clean one as ``clean``, each with its vesselness channel."""
+    files = sorted(f for r in regions for f in Path(cache_dir).glob(f"{r}_*.npz") if not f.name.endswith(".tmp.npz"))
+    if not files:
+        raise FileNotFoundError(f"no cached real-background samples for {', '.join(regions)} in {cache_dir}")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "clean", "mask", "density", "count",
+                                                          "vesselness", "clean_vesselness")}
+    for f in files:
+        with np.load(f) as data:
+            for key in ("image", "clean", "mask", "density", "count"):
+                parts[key].append(data[key])
+        for key, channel in (("image", "vesselness"), ("clean", "clean_vesselness")):
+            sidecar = f.with_name(f.name.replace(".npz", f".{channel}.npy"))
+            if not sidecar.exists():
+                np.save(sidecar, network_channels(parts[key][-1], parts["mask"][-1]))
+            parts[channel].append(np.load(sidecar))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def network_channels(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """The networks' second input for each cached sample: the Frangi vesselness of the unmasked,
     region-scaled T2, exactly as ``pvsquant run`` computes it (:func:`pvsquant.pipeline.counting.network_input`)."""
@@ -105,9 +126,9 @@ class PatchBatches:
         self.data, self.crop, self.rng = data, crop, rng
         self.full = data["image"].shape[1:]
 
-    def next(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+    def _crops(self, batch_size: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         idx = self.rng.integers(0, len(self.data["image"]), batch_size)
-        out: dict[str, list[np.ndarray]] = {"image": [], "vesselness": [], "mask": [], "density": []}
+        out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         for i in idx:
             start = [int(self.rng.integers(0, f - c + 1)) for f, c in zip(self.full, self.crop, strict=False)]
             sl = (i, *tuple(slice(s, s + c) for s, c in zip(start, self.crop, strict=False)))
@@ -115,15 +136,28 @@ class PatchBatches:
             for key in out:
                 arr = self.data[key][sl].astype(np.float32)
                 out[key].append(np.flip(arr, axis=flips).copy() if flips else arr)
-        image = torch.from_numpy(stack_channels(np.stack(out["image"]), np.stack(out["vesselness"]),
-                                                np.stack(out["mask"])))
-        mask, density = (torch.from_numpy(np.stack(out[k]))[:, None] for k in ("mask", "density"))
+        return {k: np.stack(v) for k, v in out.items()}
+
+    @staticmethod
+    def _labels(masks: np.ndarray, densities: np.ndarray) -> tuple[torch.Tensor, ...]:
         from ..pipeline.roi import count_mask  # the same counting mask as at inference
 
-        counting = torch.from_numpy(np.stack([count_mask(m[0].numpy() > 0.5, NETWORK_GRID_MM) for m in mask]))
-        counting = counting[:, None].float()
-        count = (density * counting).sum(dim=(1, 2, 3, 4))
-        return image, counting, density * counting, count
+        counting = torch.from_numpy(np.stack([count_mask(m > 0.5, NETWORK_GRID_MM) for m in masks]))[:, None].float()
+        density = torch.from_numpy(densities)[:, None] * counting
+        return counting, density, density.sum(dim=(1, 2, 3, 4))
+
+    def next(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """(input, counting mask, density, count) of a batch."""
+        c = self._crops(batch_size, ("image", "vesselness", "mask", "density"))
+        image = torch.from_numpy(stack_channels(c["image"], c["vesselness"], c["mask"]))
+        return (image, *self._labels(c["mask"], c["density"]))
+
+    def next_pair(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """(injected input, clean input, counting mask, density, count) of real-background samples."""
+        c = self._crops(batch_size, ("image", "vesselness", "clean", "clean_vesselness", "mask", "density"))
+        injected = torch.from_numpy(stack_channels(c["image"], c["vesselness"], c["mask"]))
+        clean = torch.from_numpy(stack_channels(c["clean"], c["clean_vesselness"], c["mask"]))
+        return (injected, clean, *self._labels(c["mask"], c["density"]))
 
 
 def loss_terms(model: torch.nn.Module, pred_count: torch.Tensor, attention: torch.Tensor, density: torch.Tensor,
@@ -142,6 +176,28 @@ def loss_terms(model: torch.nn.Module, pred_count: torch.Tensor, attention: torc
                       "count": float(count_term.detach()) * settings.count_weight,
                       "segment": float(segment_term.detach()) * settings.segment_weight}
     return count_term, {"count": float(count_term.detach())}
+
+
+def background_loss(model: torch.nn.Module, pred_injected: torch.Tensor, attention_injected: torch.Tensor,
+                    pred_clean: torch.Tensor, attention_clean: torch.Tensor, density: torch.Tensor,
+                    count: torch.Tensor, settings: TrainSettings) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss on real-background samples: what the injection *adds* to the network's outputs
+    must be the injected PVS (their density map, their number). The clean outputs are constants
+    (no gradient): the scan's own PVS and its borders are in both and cancel. The GP-Unet's gate
+    is told to open on the injected axes (positives only: the clean scan's own PVS are unlabelled).
+    ``model.gate_logit`` must be that of the injected forward pass."""
+    count_term = ((pred_injected - pred_clean - count) ** 2 / (count + 1.0)).mean()
+    if settings.model != "gpunet":
+        return count_term, {"bg_count": float(count_term.detach())}
+    density_term = ((attention_injected - attention_clean - density) ** 2).mean()
+    on_axis = density > settings.segment_threshold
+    logits = cast(torch.Tensor, model.gate_logit)
+    segment_term = F.softplus(-logits[on_axis]).mean() if bool(on_axis.any()) else logits.sum() * 0.0
+    loss = (settings.density_weight * density_term + settings.count_weight * count_term
+            + settings.segment_weight * segment_term)
+    return loss, {"bg_density": float(density_term.detach()) * settings.density_weight,
+                  "bg_count": float(count_term.detach()) * settings.count_weight,
+                  "bg_segment": float(segment_term.detach()) * settings.segment_weight}
 
 
 def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, float | None]:
@@ -179,9 +235,12 @@ def _init_from(model: torch.nn.Module, path: str) -> None:
 
 
 def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
-          val_dir: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+          val_dir: str | Path | None = None, device: str = "cpu",
+          background_dir: str | Path | None = None) -> dict[str, Any]:
     """Train one model; writes ``checkpoint.pt`` (resumable), the weights ``<region>_<model>.pt``
-    (what ``pvsquant run --models`` loads) and ``train_log.json``."""
+    (what ``pvsquant run --models`` loads) and ``train_log.json``. With ``background_dir``
+    (cached real-background samples) and ``settings.background_fraction`` > 0, that fraction of
+    every batch is real scans with injected PVS (:func:`background_loss`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads)
@@ -212,6 +271,9 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     elif settings.init:
         _init_from(model, settings.init)
     batches = PatchBatches(data, settings.crop, rng)
+    n_real = round(settings.batch_size * settings.background_fraction) if background_dir is not None else 0
+    real_batches = (PatchBatches(load_background_shards(background_dir, regions), settings.crop, rng)
+                    if n_real and background_dir is not None else None)
 
     def save_checkpoint() -> None:
         state = {"state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
@@ -226,9 +288,19 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
         if settings.max_minutes and (time.perf_counter() - start) > 60 * settings.max_minutes:
             log.warning("stopping at step %d: the %.0f-minute budget is spent", step, settings.max_minutes)
             break
-        image, mask, density, count = (t.to(device) for t in batches.next(settings.batch_size))
+        image, mask, density, count = (t.to(device) for t in batches.next(settings.batch_size - n_real))
         pred, attention = model(image, mask)
         loss, parts = loss_terms(model, pred, attention, density, count, settings)
+        if real_batches is not None:
+            injected, clean, mask, density, count = (t.to(device) for t in real_batches.next_pair(n_real))
+            with torch.no_grad():
+                pred_clean, attention_clean = model(clean, mask)
+            pred, attention = model(injected, mask)
+            real_loss, real_parts = background_loss(model, pred, attention, pred_clean, attention_clean, density,
+                                                    count, settings)
+            share = n_real / settings.batch_size
+            loss = (1 - share) * loss + share * real_loss
+            parts.update(real_parts)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -262,6 +334,7 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
         "steps_done": step,
         "train_seconds": round(elapsed, 1),
         "samples": len(data["image"]),
+        "real_background_samples": len(real_batches.data["image"]) if real_batches is not None else 0,
         "pvsquant_version": __version__,
         "torch_version": str(torch.__version__),
     }
