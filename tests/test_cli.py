@@ -102,6 +102,16 @@ def test_train_without_label_maps_exits_nonzero(tmp_path, caplog):
     assert f"need more than 2 label maps (*.nii, *.nii.gz) in {empty}, found 0" in caplog.text
 
 
+def test_train_with_a_missing_background_scan_names_it(tmp_path, caplog):
+    t1 = tmp_path / "t1.nii.gz"
+    t1.write_bytes(b"")
+    missing = tmp_path / "no_t2.nii.gz"
+    argv = ["train", "--region", "midbrain", "--model", "gpunet", "--out", str(tmp_path / "run"),
+            "--background", str(t1), str(missing)]
+    assert main(argv) == 1
+    assert f"--background: {missing} is not a file" in caplog.text and not (tmp_path / "run").exists()
+
+
 def test_report_on_a_folder_that_is_no_run(tmp_path, caplog):
     assert main(["report", str(tmp_path)]) == 1
     assert f"{tmp_path} is not a pvsquant run output" in caplog.text

@@ -194,6 +194,10 @@ def train_command(args: argparse.Namespace) -> int:
     from .learning.training import TrainSettings, train
     from .learning.trainingdata import default_label_maps, generate_dataset
 
+    for path in (p for pair in args.background or [] for p in pair):
+        if not path.is_file():
+            log.error("--background: %s is not a file", path)
+            return 1
     maps = sorted(args.maps.glob("*.nii*")) if args.maps else default_label_maps()
     if len(maps) <= args.val_maps:
         log.error("need more than %d label maps (*.nii, *.nii.gz) in %s, found %d", args.val_maps,
@@ -209,19 +213,14 @@ def train_command(args: argparse.Namespace) -> int:
                          max_density_per_ml=args.max_density)
     real_dir = None
     if args.background:
-        from .learning.backgrounds import generate_background_dataset, prepare_background
+        from .learning.backgrounds import background_file, generate_background_dataset, prepare_background
         from .types import Settings
 
-        for t1, t2 in args.background:
-            for path in (t1, t2):
-                if not path.is_file():
-                    log.error("--background: %s is not a file", path)
-                    return 1
         case_files = []
         for t1, t2 in args.background:
             print(f"preparing real background {t2} (registration, anatomy, regions)", flush=True)
             prepare_background(t1, t2, cache, Settings(threads=args.threads))
-            case_files.append(cache / "backgrounds" / (t2.name.split(".")[0] + ".pkl"))
+            case_files.append(background_file(t2, cache))
         real_dir = cache / "train_real"
         for region in regions:
             generate_background_dataset(case_files, region, args.background_samples, real_dir, seed=args.seed,

@@ -50,13 +50,19 @@ class BackgroundSample:
     meta: dict[str, Any]
 
 
+def background_file(t2: Path, cache_dir: Path) -> Path:
+    """Where :func:`prepare_background` caches a scan: named by its folder and file (several
+    datasets name every subject's T2 alike)."""
+    return Path(cache_dir) / "backgrounds" / f"{Path(t2).parent.name}_{Path(t2).name.split('.')[0]}.pkl"
+
+
 def prepare_background(t1: Path, t2: Path, cache_dir: Path, settings: Settings = Settings()) -> dict[str, Any]:
     """Registration, anatomy and regions of a real pair (as ``pvsquant run``), the scan's CSF
-    level and ventricles' centre; cached in ``cache_dir/backgrounds/<T2 name>.pkl``."""
+    level and ventricles' centre; cached in :func:`background_file`."""
     from ..demo import injection_landmarks
     from ..pipeline.run import StageTimer, prepare_subject
 
-    cached = Path(cache_dir) / "backgrounds" / (Path(t2).name.split(".")[0] + ".pkl")
+    cached = background_file(t2, cache_dir)
     if cached.is_file():
         with open(cached, "rb") as f:
             return dict(pickle.load(f))
