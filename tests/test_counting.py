@@ -42,6 +42,36 @@ def test_detect_pvs_finds_each_pvs_once():
     assert detect_pvs(0.1 * blobs(centres), np.ones_like(counting))[1] == []
 
 
+def test_detect_pvs_matches_scipy_per_component_statistics():
+    """Mass, size and peak per component computed from the component voxels only give what
+    ndimage's per-label functions give, and the label array numbers the kept detections 1..n."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(3)
+    smooth = ndimage.gaussian_filter(rng.random((50, 40, 30)), 1.0)
+    attention = np.clip(smooth - np.quantile(smooth, 0.95), 0, None)
+    attention = attention / attention.max()
+    counting = np.ones(attention.shape, bool)
+    counting[:10] = False
+    level, min_mass = 0.05, 0.3
+    labels, found = detect_pvs(attention, counting, level, min_mass)
+    cores, n = ndimage.label(attention > level, structure=np.ones((3, 3, 3), bool))
+    components = watershed(-attention, cores, mask=attention > level / 6)
+    index = np.arange(1, n + 1)
+    masses = ndimage.sum_labels(attention, components, index)
+    sizes = ndimage.sum_labels(np.ones_like(attention), components, index)
+    peaks = ndimage.maximum_position(attention, components, index)
+    expected = [(tuple(int(v) for v in pk), int(sz), float(m)) for m, sz, pk in zip(masses, sizes, peaks, strict=True)
+                if m >= min_mass and counting[pk]]
+    assert len(expected) > 5 and n > len(expected)  # some are dropped, by mass or by the counting mask
+    assert [(f[0], f[2]) for f in found] == [(e[0], e[1]) for e in expected]
+    np.testing.assert_allclose([f[3] for f in found], [e[2] for e in expected], rtol=1e-9)
+    assert labels.max() == len(found)
+    for k, (peak, *_rest) in enumerate(found, start=1):
+        assert labels[peak] == k
+
+
 def _crop(shape=(40, 40, 24)):
     affine = np.diag([0.5, 0.5, 0.8, 1.0])
     affine[:3, 3] = [-10.0, -10.0, -9.6]

@@ -119,18 +119,27 @@ def detect_pvs(attention: np.ndarray, counting: np.ndarray, level: float = Setti
         return np.zeros(attention.shape, np.int32), []
     # Each core grown over the map's fainter rim (down to level / 6), so its mass is the PVS's whole mass.
     components = watershed(-attention, cores, mask=attention > level / 6)
-    index = np.arange(1, n + 1)
-    masses = ndimage.sum_labels(attention, components, index)
-    sizes = ndimage.sum_labels(np.ones_like(attention), components, index)
-    peaks = ndimage.maximum_position(attention, components, index)
-    labels = np.zeros(attention.shape, np.int32)
+    # Per component: mass, size and peak (the first voxel in C order among equal maxima), from the
+    # few voxels in components: no sort or pass over the whole crop per PVS.
+    flat = np.flatnonzero(components)
+    ids = components.ravel()[flat]
+    values = attention.ravel()[flat]
+    masses = np.bincount(ids, weights=values, minlength=n + 1)[1:]
+    sizes = np.bincount(ids, minlength=n + 1)[1:]
+    order = np.lexsort((-values, ids))  # stable: ties keep the lower flat index first
+    starts = np.r_[0, np.flatnonzero(np.diff(ids[order])) + 1]
+    peak_flat = np.zeros(n, np.int64)
+    peak_flat[ids[order[starts]] - 1] = flat[order[starts]]
+    new_id = np.zeros(n + 1, np.int32)
     found = []
-    for i, (mass, size, peak) in enumerate(zip(masses, sizes, peaks, strict=False), start=1):
-        if mass < min_mass or not counting[peak]:
+    for i in range(n):
+        peak = np.unravel_index(peak_flat[i], attention.shape)
+        if masses[i] < min_mass or not counting[peak]:
             continue
         centre = (int(peak[0]), int(peak[1]), int(peak[2]))
-        found.append((centre, float(attention[peak]), int(size), float(mass)))
-        labels[components == i] = len(found)
+        found.append((centre, float(attention[peak]), int(sizes[i]), float(masses[i])))
+        new_id[i + 1] = len(found)
+    labels = new_id[components]
     return labels, found
 
 
