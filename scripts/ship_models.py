@@ -32,6 +32,21 @@ def ship(run: Path, log: dict, region: str) -> Path:
     return save_weights(weights.network, DEST / f"{region}_{s['model']}.pt", s["model"], region, info)
 
 
+def train_options(s: dict) -> str:
+    """The pvsquant train options of a run that differ from their defaults (from its settings)."""
+    defaults = {"count_weight": 1e-4, "density_weight": 1e5, "batch_size": 8}
+    flags = {"count_weight": "--count-weight", "density_weight": "--density-weight", "batch_size": "--batch-size"}
+    out = "".join(f" {flags[k]} {s[k]}" for k in defaults if s.get(k, defaults[k]) != defaults[k])
+    extra = s.get("extra") or {}
+    if extra.get("max_density", 3.0) != 3.0:
+        out += f" --max-density {extra['max_density']}"
+    for t1, t2 in extra.get("backgrounds", []):
+        out += f" --background {t1} {t2}"
+    if extra.get("backgrounds"):
+        out += f" --background-samples {extra['background_samples']} --background-fraction {s['background_fraction']}"
+    return out
+
+
 def plot_curves(logs: list[tuple[str, dict]], path: Path) -> None:
     """Training loss (and its parts) per step of every run, one panel per run."""
     import matplotlib
@@ -42,7 +57,7 @@ def plot_curves(logs: list[tuple[str, dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 3.6), squeeze=False)
     for ax, (name, log) in zip(axes[0], logs, strict=False):
         steps = [h["step"] for h in log["history"]]
-        for key in ("loss", "density", "segment", "count"):
+        for key in ("loss", "density", "segment", "count", "bg_density", "bg_count", "bg_segment"):
             values = [h.get(key) for h in log["history"]]
             if any(v is not None for v in values):
                 ax.plot(steps, values, label=key, lw=1)
@@ -76,6 +91,7 @@ def main(run_dirs: list[str]) -> None:
             f"pvsquant train --region {s['region']} --model {s['model']} --steps {s['steps']} "
             f"--samples {log['samples'] // len(targets)} --lr {s['learning_rate']} --seed {s['seed']}"
             + (f" --init RUNS/{Path(s['init']).parent.name}/{Path(s['init']).name}" if s.get("init") else "")
+            + train_options(s)
             + f" --out RUNS/{run.name} --cache CACHE"
         )
     plot_curves(logs, DEST / "training_curves.png")

@@ -230,7 +230,10 @@ def train_command(args: argparse.Namespace) -> int:
                              count_weight=args.count_weight, seed=args.seed,
                              threads=args.threads, max_minutes=args.minutes,
                              init=str(args.init) if args.init else None,
-                             background_fraction=args.background_fraction if real_dir else 0.0)
+                             background_fraction=args.background_fraction if real_dir else 0.0,
+                             extra={"samples": args.samples, "max_density": args.max_density,
+                                    "backgrounds": [[str(t1), str(t2)] for t1, t2 in args.background or []],
+                                    "background_samples": args.background_samples if real_dir else 0})
     result = train(settings, cache / "train", args.out, val_dir=cache / "val", device=args.device,
                    background_dir=real_dir)
     print(json.dumps({k: result[k] for k in ("steps_done", "train_seconds", "validation") if k in result}))
