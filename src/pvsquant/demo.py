@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .grids import resample_labels, world_coordinates
+from .grids import world_coordinates
 from .io import atomic_output_dir, is_run_folder, write_tsv
-from .labels import LATERAL_VENTRICLE
+from .learning.backgrounds import injection_landmarks
 from .learning.synthesis import tube_occupancy
 from .learning.trainingdata import AnatomyMap, pvs_tubes, spaced_points
 from .types import REGION_CODES, Settings, SubjectInputs, Volume
@@ -37,19 +37,6 @@ log = logging.getLogger(__name__)
 DEMO_RANGES = {"centrum_semiovale": (0, 40), "basal_ganglia": (0, 20), "hippocampi": (0, 10), "midbrain": (0, 8)}
 """Injected PVS per region, drawn uniformly (inclusive)."""
 SCANNERS = ("A_as_acquired", "B_noisier", "C_blurrier")
-
-
-def injection_landmarks(prep: Any) -> tuple[float, np.ndarray]:
-    """The scan's CSF brightness (90th percentile of the T2 in the lateral ventricles) and the
-    ventricles' centre (world mm), which orients the centrum semiovale's radial PVS."""
-    t2, regions, transform = prep.t2, prep.regions, prep.transform
-    on_t2 = resample_labels(prep.anatomy.labels, t2.affine, t2.shape, target_to_source_world=transform.t2_to_t1,
-                            smooth=False).array
-    csf = float(np.percentile(t2.array[np.isin(on_t2, LATERAL_VENTRICLE)], 90))
-    on_work = resample_labels(prep.anatomy.labels, regions.work.affine, regions.work.shape,
-                              target_to_source_world=transform.t2_to_t1, smooth=False).array
-    ventricles = np.argwhere(np.isin(on_work, LATERAL_VENTRICLE))
-    return csf, world_coordinates(regions.work.affine, ventricles.mean(axis=0)[None])[0]
 
 
 def inject_pvs(t2: Volume, regions: Any, n_per_region: dict[str, int], csf: float, ventricle_centre: np.ndarray,

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..grids import resample, world_coordinates
+from ..grids import resample, resample_labels, world_coordinates
 from ..io import atomic_file
+from ..labels import LATERAL_VENTRICLE
 from ..pipeline.roi import box_grid, count_mask, network_grid, scale_to_region
 from ..types import REGION_CODES, Settings, SubjectInputs, Volume
 from .synthesis import tube_occupancy
@@ -50,6 +51,19 @@ class BackgroundSample:
     meta: dict[str, Any]
 
 
+def injection_landmarks(prep: Any) -> tuple[float, np.ndarray]:
+    """The scan's CSF brightness (90th percentile of the T2 in the lateral ventricles) and the
+    ventricles' centre (world mm), which orients the centrum semiovale's radial PVS."""
+    t2, regions, transform = prep.t2, prep.regions, prep.transform
+    on_t2 = resample_labels(prep.anatomy.labels, t2.affine, t2.shape, target_to_source_world=transform.t2_to_t1,
+                            smooth=False).array
+    csf = float(np.percentile(t2.array[np.isin(on_t2, LATERAL_VENTRICLE)], 90))
+    on_work = resample_labels(prep.anatomy.labels, regions.work.affine, regions.work.shape,
+                              target_to_source_world=transform.t2_to_t1, smooth=False).array
+    ventricles = np.argwhere(np.isin(on_work, LATERAL_VENTRICLE))
+    return csf, world_coordinates(regions.work.affine, ventricles.mean(axis=0)[None])[0]
+
+
 def background_file(t2: Path, cache_dir: Path) -> Path:
     """Where :func:`prepare_background` caches a scan: named by its folder and file (several
     datasets name every subject's T2 alike)."""
@@ -59,7 +73,6 @@ def background_file(t2: Path, cache_dir: Path) -> Path:
 def prepare_background(t1: Path, t2: Path, cache_dir: Path, settings: Settings = Settings()) -> dict[str, Any]:
     """Registration, anatomy and regions of a real pair (as ``pvsquant run``), the scan's CSF
     level and ventricles' centre; cached in :func:`background_file`."""
-    from ..demo import injection_landmarks
     from ..pipeline.run import StageTimer, prepare_subject
 
     cached = background_file(t2, cache_dir)
