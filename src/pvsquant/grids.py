@@ -1,6 +1,7 @@
 """Voxel grids and resampling between them, always through world (RAS+ mm) coordinates."""
 from __future__ import annotations
 
+import edt
 import numpy as np
 from scipy import ndimage
 
@@ -94,7 +95,21 @@ def ball(radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.nda
     half = np.maximum(0, np.floor(radius_mm / spacing)).astype(int)
     axes = [np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=False)]
     xx, yy, zz = np.meshgrid(*axes, indexing="ij")
-    return (xx ** 2 + yy ** 2 + zz ** 2) <= radius_mm ** 2 + 1e-9
+    return within(xx ** 2 + yy ** 2 + zz ** 2, radius_mm)
+
+
+def within(distance_sq: np.ndarray, radius_mm: float) -> np.ndarray:
+    """``distance_sq <= radius_mm**2``, ties included whether the squares were summed in float32 or
+    float64 (a relative tolerance of 1e-6, far below any grid's spacing)."""
+    return distance_sq <= radius_mm ** 2 * (1 + 1e-6) + 1e-9
+
+
+def distance_sq_to_zero(array: np.ndarray, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:
+    """Squared distance (mm^2) of every nonzero voxel to the nearest zero voxel (0 on zero voxels;
+    the array's outside does not count as zero), exact, by the ``edt`` package (about 7x faster
+    than ``scipy.ndimage.distance_transform_edt`` on the counting crops). ``array`` needs a zero."""
+    return edt.edtsq(np.ascontiguousarray(array, dtype=bool), anisotropy=tuple(float(s) for s in spacing_mm),
+                     black_border=False, parallel=1)
 
 
 def dilate_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:
@@ -103,8 +118,7 @@ def dilate_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tup
     mask = np.asarray(mask, bool)
     if not mask.any():
         return mask.copy()
-    distance_sq = ndimage.distance_transform_edt(~mask, sampling=np.asarray(spacing_mm, float)) ** 2
-    return distance_sq <= radius_mm ** 2 + 1e-9
+    return within(distance_sq_to_zero(~mask, spacing_mm), radius_mm)
 
 
 def erode_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:
@@ -112,8 +126,7 @@ def erode_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tupl
     (as ``scipy.ndimage.binary_erosion`` does)."""
     mask = np.asarray(mask, bool)
     padded = np.pad(mask, 1)  # the array's outside is background
-    distance_sq = ndimage.distance_transform_edt(padded, sampling=np.asarray(spacing_mm, float)) ** 2
-    return (distance_sq > radius_mm ** 2 + 1e-9)[1:-1, 1:-1, 1:-1] & mask
+    return ~within(distance_sq_to_zero(padded, spacing_mm), radius_mm)[1:-1, 1:-1, 1:-1] & mask
 
 
 def close_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:

@@ -77,6 +77,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputImageError
+from ..grids import dilate_ball, distance_sq_to_zero, within
 from ..types import FrangiSettings
 
 _HESSIAN_ORDERS = ((2, 0, 0), (1, 1, 0), (1, 0, 1), (0, 2, 0), (0, 1, 1), (0, 0, 2))
@@ -191,11 +192,11 @@ def _lesion_zone(image: np.ndarray, spacing: np.ndarray, settings: FrangiSetting
     if not bright.any():
         return None
     radius = settings.lesion_min_diameter_mm / 2
-    core = ndimage.distance_transform_edt(bright, sampling=spacing) > radius  # erosion by the ball
+    core = ~within(distance_sq_to_zero(bright, spacing), radius) & bright  # erosion by the ball
     if not core.any():
         return None
     # dilation of the core by the ball (= opening of ``bright``) plus the margin
-    return ndimage.distance_transform_edt(~core, sampling=spacing) <= radius + settings.lesion_margin_mm
+    return dilate_ball(core, radius + settings.lesion_margin_mm, spacing)
 
 
 def _elongation(coords: np.ndarray) -> float:

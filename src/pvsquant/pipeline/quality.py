@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import labels as fs
-from ..grids import resample_labels
+from ..grids import distance_sq_to_zero, resample_labels, within
 from ..types import Anatomy, QCFlag, RigidTransform, Settings, Volume
 
 STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
@@ -168,7 +168,7 @@ def input_checks(t1: Volume, t2: Volume, anatomy: Anatomy, transform: RigidTrans
     sigma = noise_sigma(image, int(np.argmax(t2.spacing_mm)), brain & head)
     snr = _ratio(brain_median, sigma) if math.isfinite(sigma) else None
     checks.append(check("t2_snr", "input", snr, "T2 signal-to-noise (brain median / Immerkaer noise)", settings))
-    away = ndimage.distance_transform_edt(~brain, sampling=t2.spacing_mm) > GHOST_DISTANCE_MM
+    away = ~within(distance_sq_to_zero(~brain, t2.spacing_mm), GHOST_DISTANCE_MM) if brain.any() else ~brain
     ghost = _ratio(float(image[away].mean()), brain_median) if away.sum() >= 1000 else None
     checks.append(check("t2_ghosting", "input", ghost, f"T2 ghosting index (mean beyond {GHOST_DISTANCE_MM:g} mm "
                         "of the brain / brain median)", settings))
