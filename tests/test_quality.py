@@ -122,6 +122,8 @@ def test_region_and_counting_gates(labelled):
     inside[:5, :5, :5] = True
     assert attention_outside_fraction(attention, inside) == pytest.approx(0.25)
     assert attention_outside_fraction(np.zeros((4, 4, 4)), inside[:4, :4, :4]) is None
+    attention[9, 0, 0] = -2.0  # negative mass outside is no attention there (the share stays in [0, 1])
+    assert attention_outside_fraction(attention, inside) == pytest.approx(0.25)
 
 
 def test_phantom_run_records_its_checks(phantom_run):

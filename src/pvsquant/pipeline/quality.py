@@ -247,8 +247,13 @@ def counting_checks(counts: dict[str, dict[str, float]], volumes_ml: dict[str, f
 
 
 def attention_outside_fraction(attention: np.ndarray, counting_mask: np.ndarray) -> float | None:
-    """Share of the attention map's mass lying outside the counting mask (on the crop grid)."""
-    total = float(attention.sum())
+    """Share of the attention map's positive mass lying outside the counting mask (on the crop grid).
+
+    The GP-Unet's map is gated but not clipped: where the gate is open, the weighted features can
+    be slightly negative; negative mass outside the region is not attention there (and would make
+    the share negative), so only the positive part is measured."""
+    positive = np.clip(attention, 0.0, None)
+    total = float(positive.sum())
     if total <= 1e-6:
         return None
-    return float(attention[~counting_mask].sum()) / total
+    return float(positive[~counting_mask].sum()) / total
