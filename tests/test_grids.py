@@ -85,3 +85,10 @@ def test_ball_morphology_by_distance_equals_scipy(radius):
     np.testing.assert_array_equal(erode_ball(mask, radius, spacing), ndimage.binary_erosion(mask, structure=element))
     np.testing.assert_array_equal(close_ball(mask, radius, spacing), ndimage.binary_closing(mask, structure=element))
     assert not dilate_ball(np.zeros((4, 4, 4), bool), radius, spacing).any()
+
+
+def test_distance_to_zero_without_a_zero_is_infinite():
+    from pvsquant.grids import distance_sq_to_zero, within
+
+    far = distance_sq_to_zero(np.ones((3, 4, 5), bool), (0.5, 0.5, 0.8))
+    assert np.isinf(far).all() and not within(far, 1e6).any()

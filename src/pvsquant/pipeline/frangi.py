@@ -192,7 +192,7 @@ def _lesion_zone(image: np.ndarray, spacing: np.ndarray, settings: FrangiSetting
     if not bright.any():
         return None
     radius = settings.lesion_min_diameter_mm / 2
-    core = ~within(distance_sq_to_zero(bright, spacing), radius) & bright  # erosion by the ball
+    core = ~within(distance_sq_to_zero(bright, spacing), radius) & bright  # erosion; the outside counts as bright
     if not core.any():
         return None
     # dilation of the core by the ball (= opening of ``bright``) plus the margin

@@ -168,7 +168,7 @@ def input_checks(t1: Volume, t2: Volume, anatomy: Anatomy, transform: RigidTrans
     sigma = noise_sigma(image, int(np.argmax(t2.spacing_mm)), brain & head)
     snr = _ratio(brain_median, sigma) if math.isfinite(sigma) else None
     checks.append(check("t2_snr", "input", snr, "T2 signal-to-noise (brain median / Immerkaer noise)", settings))
-    away = ~within(distance_sq_to_zero(~brain, t2.spacing_mm), GHOST_DISTANCE_MM) if brain.any() else ~brain
+    away = ~within(distance_sq_to_zero(~brain, t2.spacing_mm), GHOST_DISTANCE_MM)
     ghost = _ratio(float(image[away].mean()), brain_median) if away.sum() >= 1000 else None
     checks.append(check("t2_ghosting", "input", ghost, f"T2 ghosting index (mean beyond {GHOST_DISTANCE_MM:g} mm "
                         "of the brain / brain median)", settings))
