@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -24,10 +25,26 @@ def example():
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
+def run_tempdir(tmp_path_factory):
+    """The folder that stands for the system's temporary folder during the demo run."""
+    return tmp_path_factory.mktemp("system_tmp")
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory, run_tempdir):
     out = tmp_path_factory.mktemp("demo") / "sub-example"
-    assert main(["demo", "--out", str(out)]) == 0
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(run_tempdir)
+    try:
+        assert main(["demo", "--out", str(out)]) == 0
+    finally:
+        tempfile.tempdir = saved
     return out
+
+
+def test_run_leaves_no_temporary_files(demo_out, run_tempdir):
+    # ANTs writes its warp fields (~40 MB a subject) to temporary files; a cohort must not pile them up.
+    assert sorted(p.name for p in run_tempdir.iterdir()) == []
 
 
 def brain_box(t2: Volume) -> np.ndarray:

@@ -323,14 +323,18 @@ def _segment_with_atlas(t1: Volume, settings: Settings) -> Anatomy:
     fixed = _to_ants(t1_work.with_array(t1_work.array / np.maximum(bias_work.array, 1e-3))) * fixed_mask
     log.debug("N4 bias field: %.1f s", time.perf_counter() - tic)
     tic = time.perf_counter()
-    with ants_random_seed(settings.seed + 1):
+    # ANTs writes its transforms (two ~20 MB warp fields) to files; keep them in a folder of
+    # our own that is removed afterwards, or every subject of a cohort leaves them in /tmp.
+    with tempfile.TemporaryDirectory(prefix="pvsquant_ants_") as transforms_dir, \
+            ants_random_seed(settings.seed + 1):
         reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyN",
                                 aff_metric="mattes", syn_metric=settings.atlas_syn_metric,
                                 syn_sampling=2 if settings.atlas_syn_metric == "CC" else 32,
-                                reg_iterations=settings.atlas_syn_iterations)
-    affine_file = reg["fwdtransforms"][-1]
-    warped = ants.apply_transforms(fixed=_to_ants(t1), moving=template_labels,
-                                   transformlist=reg["fwdtransforms"], interpolator="genericLabel")
+                                reg_iterations=settings.atlas_syn_iterations,
+                                outprefix=str(Path(transforms_dir) / "atlas_"))
+        superior = _superior_axis_from_affine(reg["fwdtransforms"][-1])
+        warped = ants.apply_transforms(fixed=_to_ants(t1), moving=template_labels,
+                                       transformlist=reg["fwdtransforms"], interpolator="genericLabel")
     labels = t1.with_array(np.asarray(warped.numpy(), dtype=np.int32))
     log.debug("atlas registration (ANTs SyN): %.1f s", time.perf_counter() - tic)
 
@@ -343,7 +347,6 @@ def _segment_with_atlas(t1: Volume, settings: Settings) -> Anatomy:
     array = labels.array
     array[~mask.array] = 0
     anatomy_volume = t1.with_array(standardise_labels(array))
-    superior = _superior_axis_from_affine(affine_file)
     return Anatomy(labels=anatomy_volume, method="atlas", superior_axis=superior, brain_mask=mask)
 
 
