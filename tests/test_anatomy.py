@@ -84,6 +84,29 @@ def test_refinement_shrinks_deep_structure_into_fluid_only():
     assert np.all(refined[12:28, 15:28, 12:28] == 11)  # the rest of the nucleus kept its label
 
 
+def test_refinement_moves_deep_nucleus_border_to_its_contrast():
+    """A grey nucleus in white matter with the atlas 2 voxels off: its border with the white matter
+    follows the intensities; a putamen and a pallidum brighter than it keep their own models."""
+    rng = np.random.default_rng(1)
+    shape = (50, 40, 40)
+    image = np.full(shape, 0.85, np.float32)  # white matter
+    image[10:25, 10:30, 10:30] = 0.55  # caudate
+    image[30:40, 10:30, 10:30] = 0.70  # pallidum, between grey and white matter
+    image += rng.normal(0, 0.02, shape).astype(np.float32)
+    atlas = np.full(shape, 2, np.int32)
+    atlas[12:27, 10:30, 10:30] = 11  # shifted by 2 voxels
+    atlas[30:40, 10:30, 10:30] = 13
+    refined = an.refine_labels(Volume(image, np.eye(4)), Volume(atlas, np.eye(4)), np.ones(shape, bool)).array
+    truth = np.zeros(shape, bool)
+    truth[10:25, 10:30, 10:30] = True
+
+    def dice(a):
+        return 2 * (a & truth).sum() / (a.sum() + truth.sum())
+
+    assert dice(atlas == 11) < 0.9 and dice(refined == 11) > 0.97
+    assert ((refined == 13) == (atlas == 13)).mean() > 0.999  # the pallidum stays where it is
+
+
 def test_ants_random_seed_is_set_inside_and_restored_after():
     import ants
 
