@@ -32,16 +32,17 @@ log = logging.getLogger(__name__)
 PRIMARY_MODEL: dict[str, str] = {
     "centrum_semiovale": "gpunet",
     "basal_ganglia": "gpunet",
-    "hippocampi": "cnn",
+    "hippocampi": "gpunet",
     "midbrain": "frangi",
 }
 """The count reported as *the* result of each region (the others are secondary): of the methods
 whose count increase follows injected PVS with Pearson r >= 0.9 on the counting benchmark
 (``benchmarks/results_counting.md``, 3 real clinical T2s, weights 0.3), the one with the smallest
-mean absolute error against the number injected. Measured (MAE; r): centrum semiovale GP-Unet 3.4
-(0.96), CNN 4.2 (0.96), Frangi 7.0 (0.96); basal ganglia GP-Unet 2.4 (0.98), Frangi 3.2 (0.97),
-CNN 4.8 (0.98); hippocampi CNN 15.9 (0.91), the others r < 0.9 (GP-Unet 11.8 at r 0.89);
-midbrain Frangi 9.9 (0.93), GP-Unet 11.2 (0.96), CNN r < 0.9. The detected PVS (pvs.tsv) are always the GP-Unet's."""
+mean absolute error against the number injected. Measured (MAE; r): centrum semiovale GP-Unet 2.7
+(0.98), CNN 4.3 (0.95), Frangi 6.3 (0.97); basal ganglia GP-Unet 2.6 (0.98), Frangi 3.4 (0.98),
+CNN 5.3 (0.97); hippocampi GP-Unet 12.1 (0.95), Frangi 13.9 (0.91), CNN r < 0.9 (16.3 at 0.89);
+midbrain Frangi 9.2 (0.96), GP-Unet 11.3 (0.96), CNN 12.1 (0.91).
+The detected PVS (pvs.tsv) are always the GP-Unet's."""
 
 
 def primary_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
