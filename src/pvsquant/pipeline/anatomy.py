@@ -152,10 +152,10 @@ so that only its borders with tissue of another intensity move."""
 TISSUE_OF_CODE = {**{c: "wm" for c in (2, 41, 7, 46, 28, 60)}, **{c: "gm" for c in (3, 42, 8, 47, 18, 54, 26, 58)},
                   **{c: "csf" for c in (4, 43, 24)}, **{c: f"deep{c}" for c in DEEP_GREY_CODES}}
 DEEP_PRIOR_SIGMA_MM = 1.0
-"""Registration uncertainty assumed at the deep grey nuclei and hippocampus. On the painted benchmark
-(10 maps, `benchmarks/segmentation.py`) 1 mm beat 0.7, 1.5, 2 and 3 mm; keeping these structures at
-their atlas labels (the earlier rule) gave Dice caudate 0.734 / putamen 0.801 / pallidum 0.680 /
-hippocampus 0.676, a 1 mm prior 0.788 / 0.853 / 0.717 / 0.693."""
+"""Registration uncertainty assumed at the deep grey nuclei and hippocampus: 1 mm beat 0.7, 1.5, 2
+and 3 mm on the painted benchmark's registrations (10 maps, refinement rerun on cached labels).
+`benchmarks/segmentation.py`: Dice caudate 0.788 / putamen 0.853 / pallidum 0.717 / hippocampus 0.693;
+0.733 / 0.802 / 0.679 / 0.676 when these structures kept their atlas labels (the earlier rule)."""
 REFINE_FIXED_CODES = (16, MIDBRAIN)
 """Brainstem and midbrain keep their atlas labels (they only shrink into fluid)."""
 
