@@ -1,6 +1,8 @@
 """Real-background training samples: injection on a scan's own grid, difference labels, loss."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,26 @@ def test_background_loss_is_zero_for_the_exact_difference_and_ignores_the_clean_
     assert float(wrong.detach()) > float(exact.detach()) and parts["bg_count"] > 0
     wrong.backward()
     assert att_clean.grad is None and not att_clean.requires_grad
+
+
+def test_outside_weight_trains_the_clean_pass_only_outside_the_region():
+    settings = TrainSettings(region="basal_ganglia", model="gpunet", segment_weight=0.0, outside_weight=1.0)
+    model = build_model("gpunet", 4, 3)
+    x = torch.rand(1, 3, 16, 16, 8)
+    mask = torch.ones(1, 1, 16, 16, 8)
+    outside = torch.zeros(1, 1, 16, 16, 8)
+    outside[..., :4, :, :] = 1.0
+    pred, att = model(x, mask)
+    att_clean = (torch.rand_like(att) + 0.1).requires_grad_(True)  # stands in for the clean pass
+    pred_clean = pred.detach()
+    density = torch.zeros_like(att)
+    count = torch.zeros_like(pred)
+    loss, parts = background_loss(model, pred, att, pred_clean, att_clean, density, count, settings, outside)
+    loss.backward()
+    grad = att_clean.grad
+    assert grad is not None and parts["bg_outside"] >= 0
+    assert float(grad[..., 4:, :, :].abs().max()) == 0.0  # inside the region: unlabelled on a real scan
+    assert float(grad[..., :4, :, :].min()) > 0  # outside: pushed down to 0
+    off = dataclasses.replace(settings, outside_weight=0.0)
+    plain, plain_parts = background_loss(model, pred, att, pred_clean, att_clean, density, count, off, outside)
+    assert "bg_outside" not in plain_parts and float(plain) <= float(loss)

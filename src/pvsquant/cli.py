@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--density-weight", type=float, default=1e5, help="GP-Unet: weight of the density loss")
     train.add_argument("--count-weight", type=float, default=1e-4,
                        help="GP-Unet: weight of the image-level count loss (the paper's only loss)")
+    train.add_argument("--outside-weight", type=float, default=0.0,
+                       help="GP-Unet with --background: train the clean real scans' attention to 0 outside the "
+                            "region (weight relative to the density loss; 0: off)")
     train.add_argument("--init", type=Path, help="start from these weights (e.g. a GP-Unet for a CNN)")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (a checkpoint is kept)")
     train.add_argument("--seed", type=int, default=0)
@@ -231,6 +234,7 @@ def train_command(args: argparse.Namespace) -> int:
                              threads=args.threads, max_minutes=args.minutes,
                              init=str(args.init) if args.init else None,
                              background_fraction=args.background_fraction if real_dir else 0.0,
+                             outside_weight=args.outside_weight,
                              extra={"samples": args.samples, "max_density": args.max_density,
                                     "backgrounds": [[str(t1), str(t2)] for t1, t2 in args.background or []],
                                     "background_samples": args.background_samples if real_dir else 0})

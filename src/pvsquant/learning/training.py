@@ -61,6 +61,9 @@ class TrainSettings:
     max_minutes: float | None = None
     init: str | None = None
     background_fraction: float = 0.0
+    outside_weight: float = 0.0
+    """Real backgrounds: weight of the clean pass's attention outside the region (in the counting
+    mask's 1 mm rim), relative to the density loss; 0 leaves the clean pass untrained."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,24 +183,35 @@ def loss_terms(model: torch.nn.Module, pred_count: torch.Tensor, attention: torc
 
 def background_loss(model: torch.nn.Module, pred_injected: torch.Tensor, attention_injected: torch.Tensor,
                     pred_clean: torch.Tensor, attention_clean: torch.Tensor, density: torch.Tensor,
-                    count: torch.Tensor, settings: TrainSettings) -> tuple[torch.Tensor, dict[str, float]]:
+                    count: torch.Tensor, settings: TrainSettings,
+                    outside: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss on real-background samples: what the injection *adds* to the network's outputs
-    must be the injected PVS (their density map, their number). The clean outputs are constants
-    (no gradient): the scan's own PVS and its borders are in both and cancel. The GP-Unet's gate
-    is told to open on the injected axes (positives only: the clean scan's own PVS are unlabelled).
-    ``model.gate_logit`` must be that of the injected forward pass."""
-    count_term = ((pred_injected - pred_clean - count) ** 2 / (count + 1.0)).mean()
+    must be the injected PVS (their density map, their number). The scan's own PVS and its
+    borders are in both passes and cancel, so the clean pass enters the difference as a constant.
+    The GP-Unet's gate is told to open on the injected axes (positives only: the clean scan's own
+    PVS are unlabelled); ``model.gate_logit`` must be that of the injected forward pass.
+
+    With ``settings.outside_weight`` > 0 and ``outside`` (1 on the counting mask's voxels outside
+    the region), the clean pass is trained too: its attention there must be 0. The only label a
+    real scan has: whatever the counted mass of a region is, it is not the CSF, cortex or cistern
+    just outside it (``attention_clean`` must then carry its gradient)."""
+    count_term = ((pred_injected - pred_clean.detach() - count) ** 2 / (count + 1.0)).mean()
     if settings.model != "gpunet":
         return count_term, {"bg_count": float(count_term.detach())}
-    density_term = ((attention_injected - attention_clean - density) ** 2).mean()
+    density_term = ((attention_injected - attention_clean.detach() - density) ** 2).mean()
     on_axis = density > settings.segment_threshold
     logits = cast(torch.Tensor, model.gate_logit)
     segment_term = F.softplus(-logits[on_axis]).mean() if bool(on_axis.any()) else logits.sum() * 0.0
     loss = (settings.density_weight * density_term + settings.count_weight * count_term
             + settings.segment_weight * segment_term)
-    return loss, {"bg_density": float(density_term.detach()) * settings.density_weight,
-                  "bg_count": float(count_term.detach()) * settings.count_weight,
-                  "bg_segment": float(segment_term.detach()) * settings.segment_weight}
+    parts = {"bg_density": float(density_term.detach()) * settings.density_weight,
+             "bg_count": float(count_term.detach()) * settings.count_weight,
+             "bg_segment": float(segment_term.detach()) * settings.segment_weight}
+    if settings.outside_weight > 0 and outside is not None:
+        outside_term = ((attention_clean * outside) ** 2).mean() * settings.density_weight * settings.outside_weight
+        loss = loss + outside_term
+        parts["bg_outside"] = float(outside_term.detach())
+    return loss, parts
 
 
 def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, float | None]:
@@ -293,11 +307,13 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
         loss, parts = loss_terms(model, pred, attention, density, count, settings)
         if real_batches is not None:
             injected, clean, mask, density, count = (t.to(device) for t in real_batches.next_pair(n_real))
-            with torch.no_grad():
+            train_clean = settings.outside_weight > 0 and settings.model == "gpunet"
+            with torch.set_grad_enabled(train_clean):
                 pred_clean, attention_clean = model(clean, mask)
+            outside = mask * (1.0 - clean[:, 2:3]) if train_clean else None  # channel 2: the region
             pred, attention = model(injected, mask)
             real_loss, real_parts = background_loss(model, pred, attention, pred_clean, attention_clean, density,
-                                                    count, settings)
+                                                    count, settings, outside)
             share = n_real / settings.batch_size
             loss = (1 - share) * loss + share * real_loss
             parts.update(real_parts)
