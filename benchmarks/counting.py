@@ -100,8 +100,9 @@ def inject(case: dict, n: int, rng: np.random.Generator) -> tuple[Volume, dict[s
                       case["ventricle_centre"], rng)
 
 
-def count_all(t2: Volume, case: dict, models: dict, settings: Settings) -> dict:
+def count_all(t2: Volume, case: dict, models: dict, settings: Settings, regions: tuple[str, ...] = ()) -> dict:
     crops = crop_regions(t2, case["regions"], settings)
+    crops = {name: crop for name, crop in crops.items() if not regions or name in regions}
     return {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level,
                                settings.detection_min_mass, settings.frangi) for name, crop in crops.items()}, crops
 
@@ -140,7 +141,14 @@ def main() -> None:
     parser.add_argument("--models", type=Path)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--scans", type=int, default=len(SCANS), help="use only the first N scans (quick check)")
+    parser.add_argument("--regions", nargs="+", choices=list(REGION_CODES), default=[],
+                        help="only these regions (quick check; default all)")
+    parser.add_argument("--out", type=Path, help="write results and figures here instead of benchmarks/ and docs/ "
+                        "(quick checks that must not replace the committed results)")
     args = parser.parse_args()
+    results_dir, figures_dir = (args.out, args.out) if args.out else (HERE, HERE.parent / "docs")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    regions = tuple(args.regions)
     settings = Settings(models_dir=str(args.models) if args.models else None)
     models = load_models(settings.models_dir, settings.threads)
     rows, clean_counts, clean_placement, timings = [], {}, {}, []
@@ -153,18 +161,18 @@ def main() -> None:
             continue
         print(f"[{time.perf_counter() - start:6.0f} s] {scan}: registration, anatomy, regions", flush=True)
         case = prepare(t1p, t2p, settings)
-        clean, crops = count_all(case["t2"], case, models, settings)
+        clean, crops = count_all(case["t2"], case, models, settings, regions)
         clean_counts[scan] = {r: res.counts for r, res in clean.items()}
         clean_placement[scan] = {r: placement(crops[r], res.detections) for r, res in clean.items()}
         timings += [{"region": r, **res.seconds} for r, res in clean.items()]
-        plot_attention(crops, clean, HERE.parent / "docs" / f"counting_clean_{scan}.png")
+        plot_attention(crops, clean, figures_dir / f"counting_clean_{scan}.png")
         rng = np.random.default_rng([args.seed, SCANS.index((patient, study))])
         for n in args.levels:
             for rep in range(args.repeats if n > 0 else 1):
                 injected, centres = inject(case, n, rng)
-                res, crops = count_all(injected, case, models, settings)
+                res, crops = count_all(injected, case, models, settings, regions)
                 if n == max(args.levels) and rep == 0:
-                    plot_attention(crops, res, HERE.parent / "docs" / f"counting_injected{n}_{scan}.png")
+                    plot_attention(crops, res, figures_dir / f"counting_injected{n}_{scan}.png")
                 for region in res:
                     old = np.array([d.xyz for d in clean[region].detections]).reshape(-1, 3)
                     new = np.array([d.xyz for d in res[region].detections]).reshape(-1, 3)
@@ -229,12 +237,12 @@ def main() -> None:
         "repeats": args.repeats,
         "total_seconds": round(time.perf_counter() - start, 1),
     }
-    (HERE / "results_counting.json").write_text(json.dumps(result, indent=1))
-    write_markdown(result)
-    plot_injection(rows)
+    (results_dir / "results_counting.json").write_text(json.dumps(result, indent=1))
+    write_markdown(result, results_dir)
+    plot_injection(rows, figures_dir)
 
 
-def write_markdown(result: dict) -> None:
+def write_markdown(result: dict, results_dir: Path = HERE) -> None:
     import sys
 
     sys.path.insert(0, str(HERE))
@@ -305,11 +313,11 @@ def write_markdown(result: dict) -> None:
         ),
         "",
     ]
-    (HERE / "results_counting.md").write_text("\n".join(lines))
+    (results_dir / "results_counting.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
-def plot_injection(rows: list[dict]) -> None:
+def plot_injection(rows: list[dict], figures_dir: Path = HERE.parent / "docs") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,7 +343,7 @@ def plot_injection(rows: list[dict]) -> None:
         ax.set_ylabel("count increase")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE.parent / "docs" / "counting_injection.png", dpi=90)
+    fig.savefig(figures_dir / "counting_injection.png", dpi=90)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ def train_options(s: dict) -> str:
         out += f" --background {t1} {t2}"
     if extra.get("backgrounds"):
         out += f" --background-samples {extra['background_samples']} --background-fraction {s['background_fraction']}"
+    if s.get("outside_weight"):
+        out += f" --outside-weight {s['outside_weight']}"
     return out
 
 
@@ -57,7 +59,7 @@ def plot_curves(logs: list[tuple[str, dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 3.6), squeeze=False)
     for ax, (name, log) in zip(axes[0], logs, strict=False):
         steps = [h["step"] for h in log["history"]]
-        for key in ("loss", "density", "segment", "count", "bg_density", "bg_count", "bg_segment"):
+        for key in ("loss", "density", "segment", "count", "bg_density", "bg_count", "bg_segment", "bg_outside"):
             values = [h.get(key) for h in log["history"]]
             if any(v is not None for v in values):
                 ax.plot(steps, values, label=key, lw=1)
