@@ -71,6 +71,29 @@ def test_refinement_moves_misplaced_boundary_and_keeps_deep_lesion():
     assert np.all(refined[28:32, 18:22, 18:22] == 2)
 
 
+def test_refinement_follows_t2_contrast_and_t2_only_settings_keep_it():
+    """The same shifted atlas on a T2-like image (fluid bright, white matter darkest, a bright
+    lesion in it): the tissue models are fitted, so the border moves as on a T1."""
+    rng = np.random.default_rng(2)
+    shape = (60, 40, 40)
+    image = np.full(shape, 1.0, np.float32)  # CSF outside
+    image[5:55] = 0.55  # cortex
+    image[15:45] = 0.35  # white matter
+    image[28:32, 18:22, 18:22] = 0.8  # bright lesion in deep WM
+    image += rng.normal(0, 0.02, shape).astype(np.float32)
+    atlas = np.full(shape, 24, np.int32)
+    atlas[8:58] = 3
+    atlas[18:48] = 2
+    refined = an.refine_labels(Volume(image, np.eye(4)), Volume(atlas, np.eye(4)), np.ones(shape, bool)).array
+    truth_wm = np.zeros(shape, bool)
+    truth_wm[15:45] = True
+    after = 2 * ((refined == 2) & truth_wm).sum() / ((refined == 2).sum() + truth_wm.sum())
+    assert after > 0.97
+    assert np.all(refined[28:32, 18:22, 18:22] == 2)
+    assert an.settings_for_t2(Settings()).refine_labels
+    assert an.settings_for_t2(Settings()).atlas_syn_metric == "mattes"
+
+
 def test_refinement_shrinks_deep_structure_into_fluid_only():
     shape = (40, 40, 40)
     image = np.full(shape, 0.85, np.float32)  # white matter

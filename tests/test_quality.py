@@ -1,6 +1,8 @@
 """Quality gates: each check judged by its ranges, and each gate catching what it is for."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -111,6 +113,27 @@ def test_region_and_counting_gates(labelled):
     assert regions["volume:hippocampi"].status == "fail"  # far too large to be a hippocampus
     assert regions["in_fov:centrum_semiovale"].status == "fail" and regions["in_fov:hippocampi"].status == "pass"
     assert regions["brain_above_caudate_mm"].status == "fail"
+    if anatomy.brain_mask is None:
+        assert regions["brain_ml"].value is None
+    else:
+        assert regions["brain_ml"].value == pytest.approx(anatomy.brain_mask.array.sum()
+                                                          * anatomy.brain_mask.voxel_volume_ml)
+
+
+def test_brain_mask_volume_gate(labelled):
+    _, _, anatomy = labelled
+    settings = Settings()
+
+    def status(ml: float) -> str:
+        voxels = np.zeros((20, 20, 20), bool)
+        voxels.flat[: int(ml)] = True  # 1 ml voxels
+        mask = Volume(voxels, np.diag([10.0, 10.0, 10.0, 1.0]))
+        with_mask = dataclasses.replace(anatomy, brain_mask=mask)
+        return by_name(anatomy_checks(with_mask, {}, {}, 40.0, settings))["brain_ml"].status
+
+    assert status(1400) == "pass"
+    assert status(700) == "warn" and status(2300) == "warn"
+    assert status(3500) == "fail"  # a mask with the scalp and neck
     counting = by_name(counting_checks({"basal_ganglia": {"gpunet": 400.0, "cnn": 10.0, "frangi": 5.0}},
                                        {"basal_ganglia": 40.0}, {"basal_ganglia": 0.9}, settings))
     assert counting["pvs_per_ml:basal_ganglia"].value == pytest.approx(10.0)

@@ -240,6 +240,9 @@ def default_qc_limits() -> dict[str, tuple[tuple[float, float], tuple[float, flo
         "in_fov": ((0.95, 1.0), (0.6, 1.0)),
         "lr_asymmetry": ((0.0, 0.15), (0.0, 0.3)),
         "brain_above_caudate_mm": ((30.0, no), (15.0, no)),
+        # deepbet on the shared clinical scans: 1346-1504 ml (T1), 1379-1521 ml (T2); a mask that
+        # takes in the scalp and neck (seen on painted T2s) is 3000 ml and more
+        "brain_ml": ((900.0, 2000.0), (600.0, 2600.0)),
         "pvs_per_ml": ((0.0, 3.0), (0.0, 6.0)),
         "attention_outside": ((0.0, 0.5), (0.0, 0.8)),
     }

@@ -209,7 +209,7 @@ def registration_checks(t2: Volume, anatomy: Anatomy, transform: RigidTransform,
 
 def anatomy_checks(anatomy: Anatomy, volumes_ml: dict[str, float], in_fov: dict[str, float],
                    brain_above_caudate_mm: float | None, settings: Settings) -> list[QCCheck]:
-    """Region volumes, field of view, left/right symmetry, room for the CSO slab."""
+    """Region volumes, field of view, brain mask volume, left/right symmetry, room for the CSO slab."""
     checks = [check(f"volume:{name}", "regions", ml, f"{name} volume (ml)", settings)
               for name, ml in volumes_ml.items()]
     checks += [check(f"in_fov:{name}", "regions", fraction, f"fraction of {name} inside the T2's field of view",
@@ -225,6 +225,10 @@ def anatomy_checks(anatomy: Anatomy, volumes_ml: dict[str, float], in_fov: dict[
                 worst, which = asym, structure
     checks.append(check("lr_asymmetry", "anatomy", worst if which else None,
                         f"largest left/right volume asymmetry |L-R|/(L+R) ({which or 'none'})", settings))
+    mask = anatomy.brain_mask
+    brain_ml = float(mask.array.sum() * mask.voxel_volume_ml) if mask is not None else None
+    checks.append(check("brain_ml", "anatomy", brain_ml, "brain mask volume (ml; a mask that takes in the scalp or "
+                        "misses brain misplaces every label)", settings))
     checks.append(check("brain_above_caudate_mm", "regions", brain_above_caudate_mm,
                         "white matter above the top of the caudate (mm; the CSO slab needs "
                         f"{settings.cso_offset_mm + settings.cso_slab_thickness_mm:g})", settings))
