@@ -48,15 +48,18 @@ def test_user_labels_must_be_aseg_coded():
         an.labels_from_file(lab, Volume(np.ones((20, 20, 20), np.float32), np.eye(4)), Settings())
 
 
-def test_refinement_moves_misplaced_boundary_and_keeps_deep_lesion():
+@pytest.mark.parametrize(("csf", "cortex", "wm", "lesion"), [(0.1, 0.55, 0.85, 0.3), (1.0, 0.55, 0.35, 0.8)],
+                         ids=["T1", "T2"])
+def test_refinement_moves_misplaced_boundary_and_keeps_deep_lesion(csf, cortex, wm, lesion):
     """Atlas labels shifted 3 voxels against the image: the WM/cortex border follows the
-    intensities; a dark lesion deep inside the white matter stays white matter."""
+    intensities; a lesion deep inside the white matter (dark on the T1, bright on the T2) stays
+    white matter. The tissue models are fitted, so a T2's contrast works as a T1's."""
     rng = np.random.default_rng(0)
     shape = (60, 40, 40)
-    image = np.full(shape, 0.1, np.float32)  # CSF outside
-    image[5:55] = 0.55  # cortex
-    image[15:45] = 0.85  # white matter
-    image[28:32, 18:22, 18:22] = 0.3  # dark lesion in deep WM
+    image = np.full(shape, csf, np.float32)  # CSF outside
+    image[5:55] = cortex
+    image[15:45] = wm
+    image[28:32, 18:22, 18:22] = lesion
     image += rng.normal(0, 0.02, shape).astype(np.float32)
     atlas = np.full(shape, 24, np.int32)
     atlas[8:58] = 3
@@ -71,25 +74,7 @@ def test_refinement_moves_misplaced_boundary_and_keeps_deep_lesion():
     assert np.all(refined[28:32, 18:22, 18:22] == 2)
 
 
-def test_refinement_follows_t2_contrast_and_t2_only_settings_keep_it():
-    """The same shifted atlas on a T2-like image (fluid bright, white matter darkest, a bright
-    lesion in it): the tissue models are fitted, so the border moves as on a T1."""
-    rng = np.random.default_rng(2)
-    shape = (60, 40, 40)
-    image = np.full(shape, 1.0, np.float32)  # CSF outside
-    image[5:55] = 0.55  # cortex
-    image[15:45] = 0.35  # white matter
-    image[28:32, 18:22, 18:22] = 0.8  # bright lesion in deep WM
-    image += rng.normal(0, 0.02, shape).astype(np.float32)
-    atlas = np.full(shape, 24, np.int32)
-    atlas[8:58] = 3
-    atlas[18:48] = 2
-    refined = an.refine_labels(Volume(image, np.eye(4)), Volume(atlas, np.eye(4)), np.ones(shape, bool)).array
-    truth_wm = np.zeros(shape, bool)
-    truth_wm[15:45] = True
-    after = 2 * ((refined == 2) & truth_wm).sum() / ((refined == 2).sum() + truth_wm.sum())
-    assert after > 0.97
-    assert np.all(refined[28:32, 18:22, 18:22] == 2)
+def test_t2_only_settings_keep_the_refinement():
     assert an.settings_for_t2(Settings()).refine_labels
     assert an.settings_for_t2(Settings()).atlas_syn_metric == "mattes"
 

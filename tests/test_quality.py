@@ -112,11 +112,20 @@ def test_region_and_counting_gates(labelled):
     assert regions["volume:hippocampi"].status == "fail"  # far too large to be a hippocampus
     assert regions["in_fov:centrum_semiovale"].status == "fail" and regions["in_fov:hippocampi"].status == "pass"
     assert regions["brain_above_caudate_mm"].status == "fail"
-    if anatomy.brain_mask is None:
-        assert regions["brain_ml"].value is None
-    else:
-        assert regions["brain_ml"].value == pytest.approx(anatomy.brain_mask.array.sum()
-                                                          * anatomy.brain_mask.voxel_volume_ml)
+    assert anatomy.brain_mask is None and regions["brain_ml"].value is None  # user labels: no mask, not judged
+    counting = by_name(counting_checks({"basal_ganglia": {"gpunet": 400.0, "cnn": 10.0, "frangi": 5.0}},
+                                       {"basal_ganglia": 40.0}, {"basal_ganglia": 0.9}, settings))
+    assert counting["pvs_per_ml:basal_ganglia"].value == pytest.approx(10.0)
+    assert counting["pvs_per_ml:basal_ganglia"].status == "fail"
+    assert counting["attention_outside:basal_ganglia"].status == "fail"
+    attention = np.zeros((10, 10, 10))
+    attention[2, 2, 2], attention[8, 8, 8] = 3.0, 1.0
+    inside = np.zeros((10, 10, 10), bool)
+    inside[:5, :5, :5] = True
+    assert attention_outside_fraction(attention, inside) == pytest.approx(0.25)
+    assert attention_outside_fraction(np.zeros((4, 4, 4)), inside[:4, :4, :4]) is None
+    attention[9, 0, 0] = -2.0  # negative mass outside is no attention there (the share stays in [0, 1])
+    assert attention_outside_fraction(attention, inside) == pytest.approx(0.25)
 
 
 def test_brain_mask_volume_gate(labelled):
@@ -133,19 +142,6 @@ def test_brain_mask_volume_gate(labelled):
     assert status(1400) == "pass"
     assert status(700) == "warn" and status(2300) == "warn"
     assert status(3500) == "fail"  # a mask with the scalp and neck
-    counting = by_name(counting_checks({"basal_ganglia": {"gpunet": 400.0, "cnn": 10.0, "frangi": 5.0}},
-                                       {"basal_ganglia": 40.0}, {"basal_ganglia": 0.9}, settings))
-    assert counting["pvs_per_ml:basal_ganglia"].value == pytest.approx(10.0)
-    assert counting["pvs_per_ml:basal_ganglia"].status == "fail"
-    assert counting["attention_outside:basal_ganglia"].status == "fail"
-    attention = np.zeros((10, 10, 10))
-    attention[2, 2, 2], attention[8, 8, 8] = 3.0, 1.0
-    inside = np.zeros((10, 10, 10), bool)
-    inside[:5, :5, :5] = True
-    assert attention_outside_fraction(attention, inside) == pytest.approx(0.25)
-    assert attention_outside_fraction(np.zeros((4, 4, 4)), inside[:4, :4, :4]) is None
-    attention[9, 0, 0] = -2.0  # negative mass outside is no attention there (the share stays in [0, 1])
-    assert attention_outside_fraction(attention, inside) == pytest.approx(0.25)
 
 
 def test_phantom_run_records_its_checks(phantom_run):
