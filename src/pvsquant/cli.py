@@ -201,6 +201,10 @@ def train_command(args: argparse.Namespace) -> int:
         if not path.is_file():
             log.error("--background: %s is not a file", path)
             return 1
+    if args.outside_weight > 0 and not (args.background and args.model == "gpunet"):
+        log.error("--outside-weight trains the GP-Unet's clean pass on real backgrounds: it needs "
+                  "--model gpunet and --background T1 T2")
+        return 1
     maps = sorted(args.maps.glob("*.nii*")) if args.maps else default_label_maps()
     if len(maps) <= args.val_maps:
         log.error("need more than %d label maps (*.nii, *.nii.gz) in %s, found %d", args.val_maps,

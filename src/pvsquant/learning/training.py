@@ -288,6 +288,7 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     n_real = round(settings.batch_size * settings.background_fraction) if background_dir is not None else 0
     real_batches = (PatchBatches(load_background_shards(background_dir, regions), settings.crop, rng)
                     if n_real and background_dir is not None else None)
+    train_clean = settings.outside_weight > 0 and settings.model == "gpunet"  # see background_loss
 
     def save_checkpoint() -> None:
         state = {"state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
@@ -307,7 +308,6 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
         loss, parts = loss_terms(model, pred, attention, density, count, settings)
         if real_batches is not None:
             injected, clean, mask, density, count = (t.to(device) for t in real_batches.next_pair(n_real))
-            train_clean = settings.outside_weight > 0 and settings.model == "gpunet"
             with torch.set_grad_enabled(train_clean):
                 pred_clean, attention_clean = model(clean, mask)
             outside = mask * (1.0 - clean[:, 2:3]) if train_clean else None  # channel 2: the region
