@@ -104,7 +104,8 @@ def count_all(t2: Volume, case: dict, models: dict, settings: Settings, regions:
     crops = crop_regions(t2, case["regions"], settings)
     crops = {name: crop for name, crop in crops.items() if not regions or name in regions}
     return {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level,
-                               settings.detection_min_mass, settings.frangi) for name, crop in crops.items()}, crops
+                               settings.detection_min_mass, settings.frangi, workers=settings.threads)
+            for name, crop in crops.items()}, crops
 
 
 def segment_distance(points: np.ndarray, tube) -> np.ndarray:

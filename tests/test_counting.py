@@ -90,9 +90,27 @@ def test_count_region_runs_every_model():
     assert set(res.counts) == set(MODELS)
     assert res.attention.shape == (40, 40, 24)
     counting = count_mask(_crop().region_mask.array, SPACING)  # the region grown by 1 mm
-    assert res.counts["gpunet"] == pytest.approx(float(res.attention.array[counting].sum()), rel=1e-4)
+    assert res.counts["gpunet"] == pytest.approx(max(0.0, float(res.attention.array[counting].sum())), rel=1e-4)
     with pytest.raises(KeyError, match=r"no cnn weights"):
         count_region(_crop(), {("basal_ganglia", "gpunet"): models[("basal_ganglia", "gpunet")]}, SPACING)
+
+
+def test_negative_network_sums_are_counted_as_zero():
+    """A GP-Unet whose mass read-out is negative everywhere sums to a negative number; the
+    count it reports is 0 (the attention map keeps its values)."""
+    import torch
+
+    network = build_model("gpunet", 4).eval()
+    with torch.no_grad():
+        network.segment.weight.zero_()
+        network.segment.bias.fill_(5.0)  # the gate open on every voxel
+        network.output.weight.zero_()
+        network.output.bias.fill_(-1.0)  # mass -1 per voxel
+    models = {("basal_ganglia", "gpunet"): Weights(network, "gpunet", "basal_ganglia"),
+              ("basal_ganglia", "cnn"): Weights(build_model("cnn", 4).eval(), "cnn", "basal_ganglia")}
+    res = count_region(_crop(), models, SPACING)
+    assert float(res.attention.array.sum()) < -1.0
+    assert res.counts["gpunet"] == 0.0
 
 
 def test_outputs_have_stable_names_and_world_coordinates(tmp_path):

@@ -172,7 +172,8 @@ class NetworkInput:
 
 
 def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], channels: int = 3,
-                  frangi_settings: FrangiSettings | None = None, reuse_vesselness: bool = False) -> NetworkInput:
+                  frangi_settings: FrangiSettings | None = None, reuse_vesselness: bool = False,
+                  workers: int = 1) -> NetworkInput:
     """The networks' input of one region crop (shared by counting and fine-tuning); the vesselness
     channel and the Frangi baseline by ``frangi_settings`` (``Settings().frangi`` by default).
     With ``reuse_vesselness`` a crop read back from a run (``crop.vesselness``) gives its saved
@@ -196,12 +197,13 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
         if reuse_vesselness and crop.vesselness is not None and crop.vesselness.shape == crop.t2.shape:
             frangi, vesselness = None, crop.vesselness.array[box]
         else:
-            frangi = count_frangi(image, region, spacing_mm, frangi_settings)
+            frangi = count_frangi(image, region, spacing_mm, frangi_settings, workers)
             vesselness = frangi.vesselness
         stacked = np.stack([image, vesselness, region])
     elif channels == 2:
         image = crop.image.array[box]
-        frangi = count_frangi(image, region, spacing_mm, dataclasses.replace(frangi_settings, fill_outside=True))
+        frangi = count_frangi(image, region, spacing_mm, dataclasses.replace(frangi_settings, fill_outside=True),
+                              workers)
         stacked = np.stack([image, frangi.vesselness])
     else:
         raise ValueError(f"networks take 2 or 3 input channels, not {channels}")
@@ -222,12 +224,18 @@ def model_channels(models: dict[tuple[str, str], Weights], region: str) -> int:
 
 def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spacing_mm: tuple[float, float, float],
                  level: float = Settings.detection_level, min_mass: float = Settings.detection_min_mass,
-                 frangi_settings: FrangiSettings | None = None) -> RegionCounts:
-    """Counts of one region by every model, the attention map and the detected PVS."""
+                 frangi_settings: FrangiSettings | None = None, workers: int = 1) -> RegionCounts:
+    """Counts of one region by every model, the attention map and the detected PVS (Frangi on
+    ``workers`` threads; the networks on torch's).
+
+    A network's count is the sum of its output over the counting mask; where that sum is below 0
+    (the GP-Unet's mass read-out can be slightly negative on a gated voxel, the CNN's regression
+    on an empty region), the count is 0."""
     import torch
 
     start = time.perf_counter()
-    net_input = network_input(crop, spacing_mm, model_channels(models, crop.region), frangi_settings)
+    net_input = network_input(crop, spacing_mm, model_channels(models, crop.region), frangi_settings,
+                              workers=workers)
     image, counting, box, frangi, x, m = (crop.image.array, net_input.counting, net_input.box, net_input.frangi,
                                          net_input.x, net_input.mask)
     frangi_labels = np.zeros(image.shape, np.int32)
@@ -240,10 +248,10 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spaci
         if weights is None:
             raise KeyError(f"no {name} weights for region {crop.region}")
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.inference_mode():
             value, amap = weights.network(x, m)
         seconds[name] = round(time.perf_counter() - start, 3)
-        counts[name] = float(value[0])
+        counts[name] = max(0.0, float(value[0]))  # a count is not negative (see the docstring)
         if name == "gpunet":
             attention[box] = amap[0, 0].numpy()
     labels, found = detect_pvs(attention, counting, level, min_mass)

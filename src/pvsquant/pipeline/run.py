@@ -271,7 +271,7 @@ def quantify_subject(
     with timer.stage("count", "PVS counts: GP-Unet and CNN, Frangi baseline"):
         counted = {
             name: count_region(crop, prep.models, settings.target_spacing_mm, settings.detection_level,
-                               settings.detection_min_mass, settings.frangi)
+                               settings.detection_min_mass, settings.frangi, workers=settings.threads)
             for name, crop in crops.items()
         }
         count_rows = save_count_outputs(counted, tuple(REGION_CODES), t2, out)
