@@ -10,6 +10,7 @@ from pvsquant.models import (
     GPUnet,
     Weights,
     build_model,
+    conv_of_parts,
     load_weights,
     network_width,
     pad_to_multiple,
@@ -89,6 +90,22 @@ def test_cnn_encoder_is_the_gpunet_encoder():
     enc_cnn = {k: v.shape for k, v in cnn.state_dict().items() if k.startswith("encoder.")}
     enc_unet = {k: v.shape for k, v in unet.state_dict().items() if k.startswith("encoder.")}
     assert enc_cnn == enc_unet and enc_cnn
+
+
+def test_convolving_parts_is_convolving_their_concatenation():
+    """The networks never build their skip connections' concatenations: a block applied to a
+    list of channel blocks gives what it gives on their concatenation (to rounding), and a
+    list of the wrong number of channels is refused."""
+    torch.manual_seed(1)
+    network = GPUnet(width=4)
+    parts = [torch.randn(2, 8, 8, 8, 6), torch.randn(2, 4, 8, 8, 6), torch.randn(2, 3, 8, 8, 6)]
+    with torch.no_grad():
+        joined = network.up1(torch.cat(parts, 1))
+        split = conv_of_parts(network.up1, parts)
+    assert split.shape == joined.shape
+    assert torch.allclose(split, joined, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="parts of 12 channels"):
+        conv_of_parts(network.up1, parts[:2])
 
 
 def test_build_model_rejects_unknown_names():
