@@ -111,4 +111,4 @@ def test_outside_weight_trains_the_clean_pass_only_outside_the_region():
     assert float(grad[..., :4, :, :].min()) > 0  # outside: pushed down to 0
     off = dataclasses.replace(settings, outside_weight=0.0)
     plain, plain_parts = background_loss(model, pred, att, pred_clean, att_clean, density, count, off, outside)
-    assert "bg_outside" not in plain_parts and float(plain) <= float(loss)
+    assert "bg_outside" not in plain_parts and float(plain.detach()) <= float(loss.detach())
