@@ -61,6 +61,16 @@ class Encoder(nn.Module):
         return torch.cat(f1, dim=1), torch.cat(f2, dim=1), f2[1]
 
 
+def _channel_blocks(parts: list[torch.Tensor]) -> list[tuple[torch.Tensor, slice]]:
+    """Each part with the slice of channels it takes in the concatenation ``torch.cat(parts, 1)``."""
+    blocks, start = [], 0
+    for part in parts:
+        n = int(part.shape[1])
+        blocks.append((part, slice(start, start + n)))
+        start += n
+    return blocks
+
+
 def conv_of_parts(block: nn.Sequential, parts: list[torch.Tensor]) -> torch.Tensor:
     """``block(torch.cat(parts, 1))`` without the concatenation: the first convolution's weights
     split by input channels, one convolution per part, summed. The same numbers to rounding
@@ -68,29 +78,22 @@ def conv_of_parts(block: nn.Sequential, parts: list[torch.Tensor]) -> torch.Tens
     tensors (~1 GB) and a tenth of the count stage's time."""
     first = cast(nn.Sequential, block[0])
     conv = cast(nn.Conv3d, first[0])
+    blocks = _channel_blocks(parts)
+    if not blocks or blocks[-1][1].stop != conv.in_channels:
+        raise ValueError(f"parts of {blocks[-1][1].stop if blocks else 0} channels for a convolution "
+                         f"of {conv.in_channels}")
     out: torch.Tensor | None = None
-    start = 0
-    for part in parts:
-        n = int(part.shape[1])
-        y = F.conv3d(part, conv.weight[:, start:start + n], conv.bias if start == 0 else None, padding=conv.padding)
+    for part, channels in blocks:
+        y = F.conv3d(part, conv.weight[:, channels], conv.bias if channels.start == 0 else None,
+                     padding=conv.padding)
         out = y if out is None else out.add_(y)
-        start += n
-    if out is None or start != conv.in_channels:
-        raise ValueError(f"parts of {start} channels for a convolution of {conv.in_channels}")
     return cast(torch.Tensor, block[1:](first[1](out)))
 
 
 def weighted_channels(parts: list[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
     """``einsum('bcxyz,c->bxyz', torch.cat(parts, 1), weight)`` without the concatenation."""
-    out: torch.Tensor | None = None
-    start = 0
-    for part in parts:
-        n = int(part.shape[1])
-        y = torch.einsum("bcxyz,c->bxyz", part, weight[start:start + n])
-        out = y if out is None else out + y
-        start += n
-    assert out is not None
-    return out
+    return cast(torch.Tensor, sum(torch.einsum("bcxyz,c->bxyz", part, weight[channels])
+                                  for part, channels in _channel_blocks(parts)))
 
 
 class CountCNN(nn.Module):
