@@ -22,7 +22,10 @@ slices; never used in training, which is synthetic only):
    whose peak lies outside the region, and the edge enrichment: the fraction of detections
    within 1.5 mm of the region's edge (inside or out) divided by the fraction of the region's
    volume within 1.5 mm of its edge (distances on the 0.5 x 0.5 x 0.8 mm crop grid). 1 is
-   chance; a map that traces the borders gives 3 or more.
+   chance; a map that traces the borders gives 3 or more. Detections are only listed where
+   their peak lies in the region (since 2026-12-06), so the outside fraction is 0 by
+   construction; what the map still puts outside is the rim mass: the fraction of the count
+   (the map's sum over the region grown by 1 mm) that lies in that 1 mm rim outside the region.
 6. Scan-rescan: patient01 study1 vs study2 (one patient, two protocols): |difference| / mean of
    the clean counts per region and model.
 
@@ -42,7 +45,7 @@ from scipy import ndimage
 
 from pvsquant.demo import inject_pvs, injection_landmarks
 from pvsquant.pipeline.counting import count_region, load_models
-from pvsquant.pipeline.roi import crop_regions
+from pvsquant.pipeline.roi import count_mask, crop_regions
 from pvsquant.pipeline.run import StageTimer, prepare_subject
 from pvsquant.reporting.figures import plot_attention
 from pvsquant.types import REGION_CODES, Settings, SubjectInputs, Volume
@@ -75,15 +78,21 @@ def prepare(t1_path: Path, t2_path: Path, settings: Settings) -> dict:
     return case
 
 
-def placement(crop, detections: list) -> dict:
-    """Where a region's detections lie: outside fraction and edge enrichment (see the docstring)."""
-    inside = crop.inside
+def placement(crop, res) -> dict:
+    """Where a region's detections lie: outside fraction, edge enrichment and the count's mass in
+    the 1 mm rim outside the region (see the docstring)."""
+    inside, detections = crop.inside, res.detections
     spacing = crop.image.spacing_mm
+    attention = res.attention.array
+    counted = count_mask(inside, spacing)
+    total = float(attention[counted].sum())
+    rim = float(attention[counted & ~inside].sum())
     depth_in = ndimage.distance_transform_edt(inside, sampling=spacing)  # inside voxels: distance to outside
     depth_out = ndimage.distance_transform_edt(~inside, sampling=spacing)  # outside voxels: distance to inside
     edge_volume = float((depth_in[inside] <= EDGE_MM).mean()) if inside.any() else float("nan")
     if not detections:
-        return {"detections": 0, "outside": 0, "near_edge": 0, "edge_volume_fraction": round(edge_volume, 3)}
+        return {"detections": 0, "outside": 0, "near_edge": 0, "edge_volume_fraction": round(edge_volume, 3),
+                "rim_mass": rim, "mass": total}
     inv = np.linalg.inv(crop.image.affine)
     vox = np.round(np.array([inv[:3, :3] @ np.asarray(d.xyz) + inv[:3, 3] for d in detections])).astype(int)
     vox = np.clip(vox, 0, np.asarray(inside.shape) - 1)
@@ -91,7 +100,7 @@ def placement(crop, detections: list) -> dict:
     outside = ~inside[at]
     distance = np.where(inside[at], depth_in[at], depth_out[at])
     return {"detections": len(detections), "outside": int(outside.sum()), "near_edge": int((distance <= EDGE_MM).sum()),
-            "edge_volume_fraction": round(edge_volume, 3)}
+            "edge_volume_fraction": round(edge_volume, 3), "rim_mass": rim, "mass": total}
 
 
 def inject(case: dict, n: int, rng: np.random.Generator) -> tuple[Volume, dict[str, list]]:
@@ -164,7 +173,7 @@ def main() -> None:
         case = prepare(t1p, t2p, settings)
         clean, crops = count_all(case["t2"], case, models, settings, regions)
         clean_counts[scan] = {r: res.counts for r, res in clean.items()}
-        clean_placement[scan] = {r: placement(crops[r], res.detections) for r, res in clean.items()}
+        clean_placement[scan] = {r: placement(crops[r], res) for r, res in clean.items()}
         timings += [{"region": r, **res.seconds} for r, res in clean.items()]
         plot_attention(crops, clean, figures_dir / f"counting_clean_{scan}.png")
         rng = np.random.default_rng([args.seed, SCANS.index((patient, study))])
@@ -215,7 +224,8 @@ def main() -> None:
         summary[region]["placement"] = {
             "detections": dets, "outside_fraction": round(sum(p["outside"] for p in per) / dets, 3) if dets else None,
             "edge_enrichment": round(near / dets / edge_volume, 2) if dets else None,
-            "edge_volume_fraction": round(edge_volume, 3)}
+            "edge_volume_fraction": round(edge_volume, 3),
+            "rim_mass_fraction": round(sum(p["rim_mass"] for p in per) / max(sum(p["mass"] for p in per), 1e-6), 3)}
     rescan = {}
     if {"patient01_study1", "patient01_study2"} <= set(clean_counts):
         a, b = clean_counts["patient01_study1"], clean_counts["patient01_study2"]
@@ -274,16 +284,19 @@ def write_markdown(result: dict, results_dir: Path = HERE) -> None:
         "",
         f"Placement of the GP-Unet detections on the clean scans (all {len(result['clean_counts'])} scans pooled): "
         f"outside = fraction of detections outside the region; edge enrichment = fraction within {EDGE_MM} mm "
-        "of the region's edge / fraction of the region's volume there (1 = chance).",
+        "of the region's edge / fraction of the region's volume there (1 = chance); rim mass = fraction of the "
+        "GP-Unet count (its map's sum over the region grown by 1 mm) in that 1 mm rim outside the region. "
+        "Detections are listed only where their peak lies in the region (since 2026-12-06): outside is 0 "
+        "by construction.",
         "",
-        "| region | detections | outside | edge enrichment | region volume near the edge |",
-        "|---|---|---|---|---|",
+        "| region | detections | outside | edge enrichment | region volume near the edge | rim mass |",
+        "|---|---|---|---|---|---|",
     ]
     for region, s in result["summary"].items():
         p = s["placement"]
         lines.append(
             f"| {region} | {p['detections']} | {p['outside_fraction']} | {p['edge_enrichment']} | "
-            f"{p['edge_volume_fraction']} |"
+            f"{p['edge_volume_fraction']} | {p.get('rim_mass_fraction', '')} |"
         )
     if result["scan_rescan"]:
         lines += [

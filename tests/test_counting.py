@@ -29,17 +29,20 @@ def test_detect_pvs_finds_each_pvs_once():
     affine = np.diag([*list(SPACING), 1.0])
     long_pvs = Tube(np.array([10.0, 25.0, 12.0]), np.array([0.0, 0.0, 1.0]), 16.0, 1.5)
     attention += line_density([long_pvs], affine, attention.shape)  # a 16 mm PVS along z
-    counting = np.ones(attention.shape, bool)
-    labels, found = detect_pvs(attention, counting)
+    region = np.ones(attention.shape, bool)
+    labels, found = detect_pvs(attention, region)
     assert len(found) == 4 and labels.max() == 4
     assert {tuple(c) for c in centres} <= {p for p, _, _, _ in found}
     assert all(mass == pytest.approx(1.0, abs=0.15) for *_, mass in found)
     line = next(f for f in found if f[0] not in {tuple(c) for c in centres})
     assert line[2] > 40  # the long PVS is one component along its length
-    # Outside the counting mask nothing is detected; a faint blob (a tenth of a PVS, below min_mass 0.15) is not a PVS.
-    counting[:25] = False
-    assert len(detect_pvs(attention, counting)[1]) == 2
-    assert detect_pvs(0.1 * blobs(centres), np.ones_like(counting))[1] == []
+    # A PVS peaking outside the region is none of its detections (even inside the counting rim);
+    # a faint blob (a tenth of a PVS, below min_mass 0.15) is not a PVS.
+    region[:25] = False
+    assert len(detect_pvs(attention, region)[1]) == 2
+    region[:31] = False  # the blob at x = 30 now peaks 0.5 mm outside the region
+    assert [p for p, *_ in detect_pvs(attention, region)[1]] == [(45, 20, 20)]
+    assert detect_pvs(0.1 * blobs(centres), np.ones_like(region))[1] == []
 
 
 def test_detect_pvs_matches_scipy_per_component_statistics():
@@ -52,10 +55,10 @@ def test_detect_pvs_matches_scipy_per_component_statistics():
     smooth = ndimage.gaussian_filter(rng.random((50, 40, 30)), 1.0)
     attention = np.clip(smooth - np.quantile(smooth, 0.95), 0, None)
     attention = attention / attention.max()
-    counting = np.ones(attention.shape, bool)
-    counting[:10] = False
+    region = np.ones(attention.shape, bool)
+    region[:10] = False
     level, min_mass = 0.05, 0.3
-    labels, found = detect_pvs(attention, counting, level, min_mass)
+    labels, found = detect_pvs(attention, region, level, min_mass)
     cores, n = ndimage.label(attention > level, structure=np.ones((3, 3, 3), bool))
     components = watershed(-attention, cores, mask=attention > level / 6)
     index = np.arange(1, n + 1)
@@ -63,8 +66,8 @@ def test_detect_pvs_matches_scipy_per_component_statistics():
     sizes = ndimage.sum_labels(np.ones_like(attention), components, index)
     peaks = ndimage.maximum_position(attention, components, index)
     expected = [(tuple(int(v) for v in pk), int(sz), float(m)) for m, sz, pk in zip(masses, sizes, peaks, strict=True)
-                if m >= min_mass and counting[pk]]
-    assert len(expected) > 5 and n > len(expected)  # some are dropped, by mass or by the counting mask
+                if m >= min_mass and region[pk]]
+    assert len(expected) > 5 and n > len(expected)  # some are dropped, by mass or by peaking outside the region
     assert [(f[0], f[2]) for f in found] == [(e[0], e[1]) for e in expected]
     np.testing.assert_allclose([f[3] for f in found], [e[2] for e in expected], rtol=1e-9)
     assert labels.max() == len(found)
@@ -199,3 +202,18 @@ def test_channels_last_networks_give_the_same_numbers():
             value_cl, attention_cl = net(x.contiguous(memory_format=torch.channels_last_3d), m)
         torch.testing.assert_close(value_cl, value, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(attention_cl, attention, rtol=1e-5, atol=1e-6)
+
+
+def test_primary_model_is_the_benchmarks_choice():
+    """PRIMARY_MODEL follows its rule on the committed counting benchmark: of the methods with
+    r >= 0.9, the smallest MAE (so the shipped choice cannot drift from the shipped figures)."""
+    import json
+    from pathlib import Path
+
+    from pvsquant.pipeline.counting import PRIMARY_MODEL
+
+    summary = json.loads((Path(__file__).parents[1] / "benchmarks" / "results_counting.json").read_text())["summary"]
+    assert set(summary) == set(PRIMARY_MODEL)
+    for region, figures in summary.items():
+        eligible = {m: figures[m]["mae"] for m in ("gpunet", "cnn", "frangi") if figures[m]["pearson_r"] >= 0.9}
+        assert PRIMARY_MODEL[region] == min(eligible, key=eligible.__getitem__), (region, eligible)

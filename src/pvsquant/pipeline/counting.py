@@ -103,13 +103,17 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
     return found
 
 
-def detect_pvs(attention: np.ndarray, counting: np.ndarray, level: float = Settings.detection_level,
+def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Settings.detection_level,
                min_mass: float = Settings.detection_min_mass
                ) -> tuple[np.ndarray, list[tuple[tuple[int, int, int], float, int, float]]]:
     """PVS as connected components (26-connected) of the attention map above ``level`` (grown by
     watershed over the map above ``level / 6``), whose
-    peak lies in the counting mask and whose mass (sum of the map, i.e. PVS) is at least
+    peak lies in the region and whose mass (sum of the map, i.e. PVS) is at least
     ``min_mass``. Returns (label array, [(peak voxel, peak value, size in voxels, mass)]).
+
+    A component peaking in the counting mask's 1 mm rim outside the region still adds to the
+    count (the map's sum there) but is no detection of the region: a PVS is listed in the
+    region that holds its centre.
 
     The map lights a PVS along its axis with a unit mass: ~0.0025 per voxel along a 20 mm PVS,
     ~0.025 at a 2 mm one, so ``level`` keeps the faintest long ones.
@@ -136,7 +140,7 @@ def detect_pvs(attention: np.ndarray, counting: np.ndarray, level: float = Setti
     found = []
     for i in range(n):
         peak = np.unravel_index(peak_flat[i], attention.shape)
-        if masses[i] < min_mass or not counting[peak]:
+        if masses[i] < min_mass or not region[peak]:
             continue
         centre = (int(peak[0]), int(peak[1]), int(peak[2]))
         found.append((centre, float(attention[peak]), int(sizes[i]), float(masses[i])))
@@ -237,8 +241,7 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spaci
     start = time.perf_counter()
     net_input = network_input(crop, spacing_mm, model_channels(models, crop.region), frangi_settings,
                               workers=workers)
-    image, counting, box, frangi, x, m = (crop.image.array, net_input.counting, net_input.box, net_input.frangi,
-                                         net_input.x, net_input.mask)
+    image, box, frangi, x, m = crop.image.array, net_input.box, net_input.frangi, net_input.x, net_input.mask
     frangi_labels = np.zeros(image.shape, np.int32)
     frangi_labels[box] = frangi.labels
     counts: dict[str, float] = {"frangi": float(frangi.count)}
@@ -255,7 +258,7 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spaci
         counts[name] = max(0.0, float(value[0]))  # a count is not negative (see the docstring)
         if name == "gpunet":
             attention[box] = amap[0, 0].numpy()
-    labels, found = detect_pvs(attention, counting, level, min_mass)
+    labels, found = detect_pvs(attention, crop.inside, level, min_mass)
     affine = crop.image.affine
     centres = [world_coordinates(affine, np.array([p]))[0] for p, *_ in found]
     detections = [Detection(crop.region, (float(c[0]), float(c[1]), float(c[2])), peak, size)
