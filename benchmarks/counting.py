@@ -24,8 +24,9 @@ slices; never used in training, which is synthetic only):
    volume within 1.5 mm of its edge (distances on the 0.5 x 0.5 x 0.8 mm crop grid). 1 is
    chance; a map that traces the borders gives 3 or more. Detections are only listed where
    their peak lies in the region (since 2026-12-06), so the outside fraction is 0 by
-   construction; what the map still puts outside is the rim mass: the fraction of the count
-   (the map's sum over the region grown by 1 mm) that lies in that 1 mm rim outside the region.
+   construction; what the map still puts outside is the rim mass: the fraction of the map's
+   positive mass over the region grown by 1 mm (where the count is summed) that lies in that
+   1 mm rim outside the region.
 6. Scan-rescan: patient01 study1 vs study2 (one patient, two protocols): |difference| / mean of
    the clean counts per region and model.
 
@@ -83,7 +84,7 @@ def placement(crop, res) -> dict:
     the 1 mm rim outside the region (see the docstring)."""
     inside, detections = crop.inside, res.detections
     spacing = crop.image.spacing_mm
-    attention = res.attention.array
+    attention = np.clip(res.attention.array, 0, None)  # positive mass: a share of a signed sum near 0 is noise
     counted = count_mask(inside, spacing)
     total = float(attention[counted].sum())
     rim = float(attention[counted & ~inside].sum())
@@ -285,7 +286,8 @@ def write_markdown(result: dict, results_dir: Path = HERE) -> None:
         f"Placement of the GP-Unet detections on the clean scans (all {len(result['clean_counts'])} scans pooled): "
         f"outside = fraction of detections outside the region; edge enrichment = fraction within {EDGE_MM} mm "
         "of the region's edge / fraction of the region's volume there (1 = chance); rim mass = fraction of the "
-        "GP-Unet count (its map's sum over the region grown by 1 mm) in that 1 mm rim outside the region. "
+        "GP-Unet map's positive mass over the region grown by 1 mm (where the count is summed) in that 1 mm rim "
+        "outside the region. "
         "Detections are listed only where their peak lies in the region (since 2026-12-06): outside is 0 "
         "by construction.",
         "",
