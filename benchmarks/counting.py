@@ -80,8 +80,8 @@ def prepare(t1_path: Path, t2_path: Path, settings: Settings) -> dict:
 
 
 def placement(crop, res) -> dict:
-    """Where a region's detections lie: outside fraction, edge enrichment and the count's mass in
-    the 1 mm rim outside the region (see the docstring)."""
+    """Where a region's detections lie: outside fraction, edge enrichment, and the map's positive
+    mass over the counting mask and in its 1 mm rim outside the region (see the docstring)."""
     inside, detections = crop.inside, res.detections
     spacing = crop.image.spacing_mm
     attention = np.clip(res.attention.array, 0, None)  # positive mass: a share of a signed sum near 0 is noise
@@ -298,7 +298,7 @@ def write_markdown(result: dict, results_dir: Path = HERE) -> None:
         p = s["placement"]
         lines.append(
             f"| {region} | {p['detections']} | {p['outside_fraction']} | {p['edge_enrichment']} | "
-            f"{p['edge_volume_fraction']} | {p.get('rim_mass_fraction', '')} |"
+            f"{p['edge_volume_fraction']} | {p['rim_mass_fraction']} |"
         )
     if result["scan_rescan"]:
         lines += [

@@ -172,7 +172,6 @@ class NetworkInput:
     x: Any  # torch tensor (1, C, X, Y, Z)
     mask: Any  # torch tensor (1, 1, X, Y, Z)
     box: tuple[slice, ...]
-    counting: np.ndarray  # on the whole crop
     frangi: Any  # FrangiResult of the box; None when the crop's saved vesselness was reused
 
 
@@ -215,7 +214,7 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
     x = torch.from_numpy(np.ascontiguousarray(stacked.astype(np.float32)))[None].contiguous(
         memory_format=torch.channels_last_3d)
     m = torch.from_numpy(np.ascontiguousarray(counting[box], dtype=np.float32))[None, None]
-    return NetworkInput(x, m, box, counting, frangi)
+    return NetworkInput(x, m, box, frangi)
 
 
 def model_channels(models: dict[tuple[str, str], Weights], region: str) -> int:
