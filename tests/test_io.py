@@ -210,3 +210,28 @@ def test_is_run_folder(tmp_path):
     assert not is_run_folder(tmp_path)
     (tmp_path / "qc.json").write_text("{}")
     assert is_run_folder(tmp_path)
+
+
+def test_deferred_writes_wait_for_start_and_report_errors(tmp_path):
+    """Queued writes happen only once started, all of them before wait() returns; a failing one
+    re-raises in wait() (the output is never silently incomplete)."""
+    from pvsquant.io import DeferredWrites, save_volume
+
+    volume = Volume(np.ones((4, 4, 4), np.float32), np.eye(4))
+    with DeferredWrites() as writes:
+        writes.add(save_volume, volume, tmp_path / "a.nii.gz")
+        writes.add(save_volume, volume, tmp_path / "b.nii.gz")
+        assert not (tmp_path / "a.nii.gz").exists()
+        writes.start()
+    assert (tmp_path / "a.nii.gz").exists() and (tmp_path / "b.nii.gz").exists()
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    broken = DeferredWrites()
+    broken.add(fail)
+    broken.start()
+    with pytest.raises(OSError, match="disk full"):
+        broken.wait()
+    with pytest.raises(RuntimeError):
+        broken.add(fail)

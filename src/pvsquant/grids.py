@@ -50,9 +50,35 @@ def resample(volume: Volume, target_affine: np.ndarray, target_shape: tuple[int,
     data = volume.array
     if order > 0 and not np.issubdtype(data.dtype, np.floating):
         data = data.astype(np.float32)
-    out = ndimage.affine_transform(data, m[:3, :3], offset=m[:3, 3], output_shape=tuple(target_shape[:3]),
-                                   order=order, mode="constant", cval=cval, prefilter=False)
+    shape = tuple(int(n) for n in target_shape[:3])
+    box = _footprint(m, data.shape[:3], shape)
+    if box is None:  # the source covers most of the target: resample it all
+        out = ndimage.affine_transform(data, m[:3, :3], offset=m[:3, 3], output_shape=shape,
+                                       order=order, mode="constant", cval=cval, prefilter=False)
+    else:  # only the target voxels that can see the source; cval elsewhere
+        out = np.full(shape, cval, dtype=data.dtype)
+        if any(b.stop <= b.start for b in box):
+            return Volume(out, np.asarray(target_affine, dtype=float))
+        start = np.array([b.start for b in box], dtype=float)
+        out[box] = ndimage.affine_transform(data, m[:3, :3], offset=m[:3, :3] @ start + m[:3, 3],
+                                            output_shape=tuple(b.stop - b.start for b in box),
+                                            order=order, mode="constant", cval=cval, prefilter=False)
     return Volume(out, np.asarray(target_affine, dtype=float))
+
+
+def _footprint(target_to_source: np.ndarray, source_shape: tuple[int, ...], target_shape: tuple[int, ...]
+               ) -> tuple[slice, ...] | None:
+    """The target voxels whose source coordinates may fall within one voxel of the source array
+    (a box with a two-voxel margin), or None when that box is most of the target."""
+    source_to_target = np.linalg.inv(target_to_source)
+    corners = np.array([[i, j, k] for i in (-1, source_shape[0]) for j in (-1, source_shape[1])
+                        for k in (-1, source_shape[2])], dtype=float)
+    at = corners @ source_to_target[:3, :3].T + source_to_target[:3, 3]
+    lo = np.clip(np.floor(at.min(axis=0)).astype(int) - 2, 0, target_shape)
+    hi = np.clip(np.ceil(at.max(axis=0)).astype(int) + 3, 0, target_shape)
+    if np.prod(hi - lo) > 0.5 * np.prod(target_shape):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def resample_labels(volume: Volume, target_affine: np.ndarray, target_shape: tuple[int, ...],
@@ -113,21 +139,41 @@ def distance_sq_to_zero(array: np.ndarray, spacing_mm: np.ndarray | tuple[float,
                      black_border=False, parallel=1)
 
 
+def bounding_box(mask: np.ndarray, pad: np.ndarray | None = None) -> tuple[slice, ...]:
+    """Bounding box of ``mask``'s True voxels (at least one) grown by ``pad`` voxels per axis,
+    within the array."""
+    pad = np.zeros(mask.ndim, int) if pad is None else pad
+    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)]
+    return tuple(slice(max(int(i[0]) - int(p), 0), min(int(i[-1]) + 1 + int(p), n))
+                 for i, p, n in zip(idx, pad, mask.shape, strict=True))
+
+
 def dilate_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:
     """Binary dilation of ``mask`` by :func:`ball` (same result), by a distance transform: its cost does
-    not grow with the ball's size."""
+    not grow with the ball's size. Computed on the mask's bounding box grown by the ball (nothing
+    farther can be reached), so a small region in a large array costs little."""
     mask = np.asarray(mask, bool)
     if not mask.any():
         return mask.copy()
-    return within(distance_sq_to_zero(~mask, spacing_mm), radius_mm)
+    spacing = np.asarray(spacing_mm, dtype=float)
+    box = bounding_box(mask, np.floor(radius_mm / spacing) + 1)
+    out = np.zeros(mask.shape, bool)
+    out[box] = within(distance_sq_to_zero(~mask[box], spacing), radius_mm)
+    return out
 
 
 def erode_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:
     """Binary erosion of ``mask`` by :func:`ball`, voxels outside the array counting as background
-    (as ``scipy.ndimage.binary_erosion`` does)."""
+    (as ``scipy.ndimage.binary_erosion`` does). Computed on the mask's bounding box (with a
+    one-voxel background border, the nearest background of every mask voxel is in it)."""
     mask = np.asarray(mask, bool)
-    padded = np.pad(mask, 1)  # the array's outside is background
-    return ~within(distance_sq_to_zero(padded, spacing_mm), radius_mm)[1:-1, 1:-1, 1:-1] & mask
+    if not mask.any():
+        return mask.copy()
+    box = bounding_box(mask)
+    padded = np.pad(mask[box], 1)  # the box's outside is background
+    out = np.zeros(mask.shape, bool)
+    out[box] = ~within(distance_sq_to_zero(padded, spacing_mm), radius_mm)[1:-1, 1:-1, 1:-1] & mask[box]
+    return out
 
 
 def close_ball(mask: np.ndarray, radius_mm: float, spacing_mm: np.ndarray | tuple[float, ...]) -> np.ndarray:

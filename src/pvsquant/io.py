@@ -12,8 +12,9 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -176,6 +177,60 @@ def save_volume(volume: Volume, path: str | Path, dtype: Any = None) -> Path:
     img.set_sform(volume.affine, code=1)
     nib.save(img, str(path))
     return path
+
+
+class DeferredWrites:
+    """Image writes held back and done on one background thread from :meth:`start` on, while the
+    caller draws its figures (single-threaded, so a core is free; gzip releases the GIL).
+    :meth:`wait` (or leaving the ``with`` block) waits for them and re-raises the first error, so
+    no output is lost or half-written unnoticed. A caller passing none writes at once.
+
+    >>> with DeferredWrites() as writes:
+    ...     writes.add(print, "written")
+    ...     writes.start()
+    written
+    """
+
+    def __init__(self) -> None:
+        self._jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def add(self, function: Callable[..., Any], *args: Any) -> None:
+        """Queue ``function(*args)`` (e.g. :func:`save_volume`); before :meth:`start` only."""
+        if self._thread is not None:
+            raise RuntimeError("writes were started: add them before start()")
+        self._jobs.append((function, args))
+
+    def start(self) -> None:
+        def work() -> None:
+            for function, args in self._jobs:
+                try:
+                    function(*args)
+                except BaseException as error:  # handed to wait()
+                    self._error = error
+                    return
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=work, name="pvsquant-writes", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        self.start()
+        assert self._thread is not None
+        self._thread.join()
+        self._jobs = []
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> DeferredWrites:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self.wait()
+        elif self._thread is not None:
+            self._thread.join()  # the caller's error wins; the writes must still end before the folder goes
 
 
 def write_json(data: Any, path: str | Path) -> Path:

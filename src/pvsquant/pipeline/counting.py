@@ -18,7 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputFileNotFoundError, InputImageError
-from ..grids import world_coordinates
+from ..grids import bounding_box, world_coordinates
+from ..io import DeferredWrites
 from ..labels import METHODS, NETWORKS
 from ..models import Weights, load_weights
 from ..types import FrangiSettings, RegionCrop, Settings, Volume
@@ -76,6 +77,8 @@ class RegionCounts:
     seconds: dict[str, float] = field(default_factory=dict)
     vesselness: Volume | None = None
     """The networks' vesselness channel on the crop grid (three-channel networks only)."""
+    counting_mask: np.ndarray | None = None
+    """Where the counts were summed (:func:`pvsquant.pipeline.roi.count_mask`), on the crop grid."""
 
 
 def shipped_models_dir() -> Path:
@@ -120,11 +123,20 @@ def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Setting
     """
     from skimage.segmentation import watershed
 
+    labels = np.zeros(attention.shape, np.int32)
+    grown = attention > level / 6
+    if not grown.any():
+        return labels, []
+    # Everything below happens in the bounding box of the map above level / 6 (the same result,
+    # in C order too; the map is 0 over most of a crop).
+    box = bounding_box(grown)
+    offset = np.array([b.start for b in box])
+    full_attention, attention, grown, region = attention, attention[box], grown[box], region[box]
     cores, n = ndimage.label(attention > level, structure=np.ones((3, 3, 3), bool))
     if n == 0:
-        return np.zeros(attention.shape, np.int32), []
+        return labels, []
     # Each core grown over the map's fainter rim (down to level / 6), so its mass is the PVS's whole mass.
-    components = watershed(-attention, cores, mask=attention > level / 6)
+    components = watershed(-attention, cores, mask=grown)
     # Per component: mass, size and peak (the first voxel in C order among equal maxima), from the
     # few voxels in components: no sort or pass over the whole crop per PVS.
     flat = np.flatnonzero(components)
@@ -142,10 +154,10 @@ def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Setting
         peak = np.unravel_index(peak_flat[i], attention.shape)
         if masses[i] < min_mass or not region[peak]:
             continue
-        centre = (int(peak[0]), int(peak[1]), int(peak[2]))
-        found.append((centre, float(attention[peak]), int(sizes[i]), float(masses[i])))
+        centre = (int(peak[0] + offset[0]), int(peak[1] + offset[1]), int(peak[2] + offset[2]))
+        found.append((centre, float(full_attention[centre]), int(sizes[i]), float(masses[i])))
         new_id[i + 1] = len(found)
-    labels = new_id[components]
+    labels[box] = new_id[components]
     return labels, found
 
 
@@ -173,6 +185,7 @@ class NetworkInput:
     mask: Any  # torch tensor (1, 1, X, Y, Z)
     box: tuple[slice, ...]
     frangi: Any  # FrangiResult of the box; None when the crop's saved vesselness was reused
+    counting: np.ndarray  # the counting mask on the whole crop (``mask`` is its box)
 
 
 def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], channels: int = 3,
@@ -214,7 +227,7 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
     x = torch.from_numpy(np.ascontiguousarray(stacked.astype(np.float32)))[None].contiguous(
         memory_format=torch.channels_last_3d)
     m = torch.from_numpy(np.ascontiguousarray(counting[box], dtype=np.float32))[None, None]
-    return NetworkInput(x, m, box, frangi)
+    return NetworkInput(x, m, box, frangi, counting)
 
 
 def model_channels(models: dict[tuple[str, str], Weights], region: str) -> int:
@@ -268,7 +281,7 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spaci
         full[box] = x[0, 1].numpy()
         vesselness = Volume(full, affine)
     return RegionCounts(crop.region, counts, Volume(attention, affine), detections, Volume(labels, affine),
-                        Volume(frangi_labels, affine), seconds, vesselness)
+                        Volume(frangi_labels, affine), seconds, vesselness, net_input.counting)
 
 
 def counts_rows(results: dict[str, RegionCounts], regions: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -282,18 +295,35 @@ def counts_rows(results: dict[str, RegionCounts], regions: tuple[str, ...]) -> l
 
 
 def save_count_outputs(results: dict[str, RegionCounts], regions: tuple[str, ...], t2: Volume,
-                       out_dir: Path) -> list[dict[str, Any]]:
-    """counts.tsv/json, attention_<region>.nii.gz, pvs.nii.gz and pvs.tsv (T2 grid, world RAS+ mm)."""
-    from ..io import save_volume, write_json, write_tsv
-    from .roi import paste_back
+                       out_dir: Path, writes: DeferredWrites | None = None) -> list[dict[str, Any]]:
+    """counts.tsv/json, attention_<region>.nii.gz, pvs.nii.gz and pvs.tsv (T2 grid, world RAS+ mm);
+    the images through ``writes`` when given (written later, on its thread), else at once."""
+    from ..io import write_json, write_tsv
 
     rows = counts_rows(results, regions)
     write_tsv([{**r, "count": "n/a" if r["count"] is None else str(r["count"])} for r in rows],
               ("region", "model", "count"), out_dir / "counts.tsv")
     write_json(rows, out_dir / "counts.json")
+    table: list[dict[str, Any]] = []
+    for region, res in results.items():
+        for det in res.detections:
+            table.append({"id": len(table) + 1, "region": region, "x": f"{det.xyz[0]:.2f}", "y": f"{det.xyz[1]:.2f}",
+                          "z": f"{det.xyz[2]:.2f}", "peak": f"{det.peak:.5f}", "size_vox": det.size_vox})
+    write_tsv(table, ("id", "region", "x", "y", "z", "peak", "size_vox"), out_dir / "pvs.tsv")
+    images = DeferredWrites() if writes is None else writes
+    images.add(_write_count_images, results, t2, out_dir)
+    if writes is None:
+        images.wait()
+    return rows
+
+
+def _write_count_images(results: dict[str, RegionCounts], t2: Volume, out_dir: Path) -> None:
+    """attention_<region>.nii.gz, roi/<region>_vesselness.nii.gz and pvs.nii.gz (ids as in pvs.tsv:
+    region by region, in detection order)."""
+    from ..io import save_volume
+    from .roi import paste_back
 
     pvs = np.zeros(t2.shape, np.int32)
-    table: list[dict[str, Any]] = []
     next_id = 1
     inv = np.linalg.inv(t2.affine)
     for region, res in results.items():
@@ -303,14 +333,11 @@ def save_count_outputs(results: dict[str, RegionCounts], regions: tuple[str, ...
         if not res.detections:
             continue
         on_t2 = paste_back(res.detection_labels, t2, order=0).array.astype(np.int32)
-        for k, det in enumerate(res.detections, start=1):
-            pvs[(on_t2 == k) & (pvs == 0)] = next_id
+        free = (on_t2 > 0) & (pvs == 0)  # a voxel already taken by another region's PVS stays with it
+        pvs[free] = on_t2[free] + (next_id - 1)
+        for det in res.detections:
             vox = np.round(inv[:3, :3] @ np.asarray(det.xyz) + inv[:3, 3]).astype(int)
             if np.all((vox >= 0) & (vox < np.asarray(t2.shape))):
                 pvs[tuple(vox)] = next_id  # a PVS thinner than a slice still marks its peak
-            table.append({"id": next_id, "region": region, "x": f"{det.xyz[0]:.2f}", "y": f"{det.xyz[1]:.2f}",
-                          "z": f"{det.xyz[2]:.2f}", "peak": f"{det.peak:.5f}", "size_vox": det.size_vox})
             next_id += 1
     save_volume(t2.with_array(pvs), out_dir / "pvs.nii.gz", dtype=np.int32)
-    write_tsv(table, ("id", "region", "x", "y", "z", "peak", "size_vox"), out_dir / "pvs.tsv")
-    return rows

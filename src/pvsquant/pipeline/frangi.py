@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -83,6 +84,7 @@ from ..types import FrangiSettings
 
 _HESSIAN_ORDERS = ((2, 0, 0), (1, 1, 0), (1, 0, 1), (0, 2, 0), (0, 1, 1), (0, 0, 2))
 _BLOCK = 1 << 18  # voxels per block of the eigenvalue step: keeps the temporaries in cache
+_SLAB = 32  # lines per job of the Hessian's filters
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,21 @@ def _check_array(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _resample(array: np.ndarray, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear resampling: output voxel i samples the input at i * step (voxel units, per axis)."""
+    """Linear resampling: output voxel i samples the input at i * step (voxel units, per axis; the
+    edge value beyond the edges)."""
     if np.allclose(step, 1.0) and tuple(shape) == array.shape:
         return array
+    other = [axis for axis in range(3) if not (step[axis] == 1.0 and shape[axis] == array.shape[axis])]
+    if len(other) == 1:  # along one axis only (the slices of a crop): two slices per output slice
+        axis = other[0]
+        n = array.shape[axis]
+        position = np.clip(np.arange(shape[axis]) * float(step[axis]), 0, n - 1)
+        below = np.floor(position).astype(int)
+        above = np.minimum(below + 1, n - 1)
+        weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        low = np.take(array, below, axis=axis).astype(np.float32, copy=False)
+        high = np.take(array, above, axis=axis).astype(np.float32, copy=False)
+        return low * (1 - weight) + high * weight  # SciPy's result to 1 ulp (it sums in float64), 10x faster
     # a 1-D matrix (the diagonal) takes SciPy's zoom-and-shift path: the same values, faster
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The behavior of affine_transform with a 1-D array", UserWarning)
@@ -157,22 +171,46 @@ def _frangi_block(h: list[np.ndarray], alpha: float, beta: float, gamma: float) 
     return out
 
 
+def _hessian(image: np.ndarray, sigma: float, pool: Any, buffers: list[np.ndarray]) -> list[np.ndarray]:
+    """The six scale-normalised Hessian components (flat, in ``_HESSIAN_ORDERS``' order) of
+    ``image`` at ``sigma`` voxels: ``sigma**2 * gaussian_filter(image, sigma, order=o)``, bit for bit,
+    with the separable passes shared (15 one-dimensional filters instead of 18; SciPy also
+    filters axis 0, then 1, then 2, in float32), run on ``pool``'s threads. Written into
+    ``buffers`` (nine arrays like ``image``, reused from scale to scale: fresh memory's page
+    faults kept two threads from running side by side)."""
+    def run(passes: list[tuple[np.ndarray, int, int, np.ndarray]]) -> None:
+        """(input, axis, derivative order, output) passes, in slabs of lines across another axis:
+        independent jobs, balanced between the threads and cache-sized."""
+        jobs = []
+        for source, axis, order, out in passes:
+            across = 1 if axis == 0 else 0
+            for start in range(0, image.shape[across], _SLAB):
+                where = tuple(slice(start, start + _SLAB) if d == across else slice(None) for d in range(3))
+                jobs.append((source[where], axis, order, out[where]))
+        list(pool.map(lambda job: ndimage.gaussian_filter1d(job[0], sigma, axis=job[1], order=job[2],
+                                                            mode="reflect", output=job[3]), jobs))
+
+    first, second = buffers[:3], buffers[3:]
+    run([(image, 0, o, first[o]) for o in (0, 1, 2)])
+    run([(first[o[0]], 1, o[1], second[k]) for k, o in enumerate(_HESSIAN_ORDERS)])
+    run([(second[k], 2, o[2], second[k]) for k, o in enumerate(_HESSIAN_ORDERS)])
+    factor = np.float32(sigma**2)
+    return [np.multiply(a, factor, out=a).ravel() for a in second]
+
+
 def _frangi_isotropic(image: np.ndarray, sigmas_vox: list[float], alpha: float, beta: float, gamma: float,
                       workers: int = 1) -> np.ndarray:
-    """Maximum over scales of the Frangi measure; the Hessian's six filters and the blocks of the
+    """Maximum over scales of the Frangi measure; the Hessian's filters and the blocks of the
     eigenvalue step run on ``workers`` threads (SciPy's filters and NumPy release the GIL), with
     the same result as one."""
     from concurrent.futures import ThreadPoolExecutor
 
     best = np.zeros(image.size, np.float32)
     parts = [slice(start, start + _BLOCK) for start in range(0, image.size, _BLOCK)]
+    buffers = [np.empty_like(image) for _ in range(9)]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for sigma in sigmas_vox:
-            def hessian(order: tuple[int, int, int], sigma: float = sigma) -> np.ndarray:
-                return (np.float32(sigma**2) * ndimage.gaussian_filter(image, sigma, order=order,
-                                                                       mode="reflect")).ravel()
-
-            h = list(pool.map(hessian, _HESSIAN_ORDERS))
+            h = _hessian(image, sigma, pool, buffers)
 
             def update(part: slice, h: list[np.ndarray] = h) -> None:
                 np.maximum(best[part], _frangi_block([a[part] for a in h], alpha, beta, gamma), out=best[part])

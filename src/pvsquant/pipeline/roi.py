@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..grids import dilate_ball, resample, voxel_indices, world_coordinates
+from ..io import DeferredWrites
 from ..types import REGION_CODES, RegionCrop, Settings, Volume
 from .regions import Regions
 
@@ -141,19 +142,25 @@ def paste_back(box_map: Volume, t2: Volume, order: int = 1) -> Volume:
     return resample(box_map, t2.affine, t2.shape, order=order)
 
 
-def save_crop(crop: RegionCrop, roi_dir: Path) -> None:
+def save_crop(crop: RegionCrop, roi_dir: Path, writes: DeferredWrites | None = None) -> None:
     """``<region>.nii.gz`` (the paper's masked input), ``<region>_mask.nii.gz`` (smoothed mask),
     ``<region>_region.nii.gz`` (the region itself) and ``<region>_t2.nii.gz`` (the unmasked,
-    region-scaled T2 the networks see) in ``roi_dir``."""
+    region-scaled T2 the networks see) in ``roi_dir``; through ``writes`` when given."""
     from ..io import save_volume
 
-    save_volume(crop.image, roi_dir / f"{crop.region}.nii.gz", dtype=np.float32)
-    save_volume(crop.mask, roi_dir / f"{crop.region}_mask.nii.gz", dtype=np.float32)
+    def save(volume: Volume, name: str, dtype: type) -> None:
+        if writes is None:
+            save_volume(volume, roi_dir / name, dtype=dtype)
+        else:
+            writes.add(save_volume, volume, roi_dir / name, dtype)
+
+    save(crop.image, f"{crop.region}.nii.gz", np.float32)
+    save(crop.mask, f"{crop.region}_mask.nii.gz", np.float32)
     if crop.region_mask is not None:
-        save_volume(crop.region_mask.with_array(crop.region_mask.array.astype(np.uint8)),
-                    roi_dir / f"{crop.region}_region.nii.gz", dtype=np.uint8)
+        save(crop.region_mask.with_array(crop.region_mask.array.astype(np.uint8)), f"{crop.region}_region.nii.gz",
+             np.uint8)
     if crop.t2 is not None:
-        save_volume(crop.t2, roi_dir / f"{crop.region}_t2.nii.gz", dtype=np.float32)
+        save(crop.t2, f"{crop.region}_t2.nii.gz", np.float32)
 
 
 def _read_map(path: Path, what: str) -> Volume:
