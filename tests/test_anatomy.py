@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from pvsquant.errors import InputImageError
+from pvsquant.errors import InputImageError, SegmentationError
 from pvsquant.pipeline import anatomy as an
 from pvsquant.types import Settings, Volume
 
@@ -128,9 +128,10 @@ def test_ants_random_seed_is_set_inside_and_restored_after():
 
 
 
-def test_ants_threads_follow_the_deterministic_setting():
-    assert an.ants_threads(Settings(threads=4)) == 1
-    assert an.ants_threads(Settings(threads=4, deterministic=False)) == 4
+def test_ants_runs_on_the_settings_threads():
+    """ANTs' stages are deterministic on any number of threads (the affine, which is not, runs in SimpleITK)."""
+    assert an.ants_threads(Settings(threads=4)) == 4
+    assert an.ants_threads(Settings(threads=1, deterministic=False)) == 1
 
 
 @pytest.mark.parametrize("before", [None, "3"])
@@ -157,3 +158,11 @@ def test_ants_itk_threads_warns_when_the_count_differs_from_the_first(monkeypatc
     with an.ants_itk_threads(2):
         pass
     assert "ANTs keeps the 1 thread(s) it started with in this process; 2 asked for" in caplog.text
+
+
+def test_atlas_affine_failure_is_a_clear_error(tmp_path):
+    """The atlas's affine stage runs in a child process; when it fails, the error says so (with the
+    child's message), not a missing file later."""
+    subject = Volume(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32), np.eye(4))
+    with pytest.raises(SegmentationError, match="affine registration failed"):
+        an.atlas_affine(subject, tmp_path / "no_template.nii.gz", tmp_path, Settings())

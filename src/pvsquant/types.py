@@ -271,10 +271,12 @@ class Settings:
     """Refine the atlas labels by the T1's intensities (EM with the atlas as spatial prior)."""
     seed: int = 0
     deterministic: bool = True
-    """Bit-identical results from run to run (one machine, one set of wheels): the rigid T1 -> T2
-    registration (SimpleITK) and the atlas registration (ANTs) run on one thread, because ITK's Mattes
-    metric adds its threads' parts in a varying order (on two threads the example's labels differed by
-    ~1000-2500 voxels between runs). False: they use ``threads`` too, and results vary from run to run."""
+    """Bit-identical results from run to run (one machine, one set of wheels): the mutual-information
+    registrations with a global transform (the rigid T1 -> T2 in SimpleITK, the atlas's affine
+    stage in ANTs, in a child process) run on one thread, because ITK's Mattes metric adds its
+    threads' parts in a varying order (on two threads the example's labels differed by ~1000-2500
+    voxels between runs). ANTs' N4 and deformable stage are deterministic on ``threads``. False:
+    every stage uses ``threads``, and results vary from run to run."""
     # registration T1 -> T2
     registration_levels: tuple[int, ...] = (4, 2, 1)
     registration_iterations: int = 200

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -265,17 +266,20 @@ _ants_itk_threads: list[int] = []
 
 
 def ants_threads(settings: Settings) -> int:
-    """Threads of ITK inside ANTsPy (N4, atlas registration): one when ``settings.deterministic``, else
+    """Threads of ITK inside ANTsPy (N4, the atlas's deformable registration, label transfer):
     ``settings.threads``.
 
-    The affine stage's Mattes metric flushes each thread's joint-histogram derivatives into one shared
-    array under a lock, in whatever order the threads get there: on two threads the example's labels
-    differed by ~1000-2500 voxels from run to run; on one they are bit-identical, and the stage took as
-    long on the 2-core development machine (ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1, the fix the ANTs
-    authors give). ANTsPy's reproducible alternative, global correlation in the affine stage
-    (``antsRegistrationSyNRepro``), lost Dice on the painted benchmark (hippocampus 0.68 -> 0.58 on 3 maps).
+    These give the same result on any number of threads (the example's N4 bias field and SyN warps,
+    cross-correlation and mutual information, hashed identical over separate processes on two
+    threads). ITK's Mattes metric with a global transform does not: it flushes each thread's
+    joint-histogram derivatives into one shared array under a lock, in whatever order the threads
+    get there (on two threads the example's labels differed by ~1000-2500 voxels from run to run
+    when ANTs ran the affine stage), so the affine stage runs in SimpleITK on one thread
+    (:func:`pvsquant.pipeline.registration.affine_to_template`). ANTsPy's reproducible preset,
+    global correlation in the affine stage (``antsRegistrationSyNRepro``), lost Dice on the painted
+    benchmark (hippocampus 0.68 -> 0.58 on 3 maps).
     """
-    return 1 if settings.deterministic else max(1, settings.threads)
+    return max(1, settings.threads)
 
 
 @contextmanager
@@ -300,6 +304,46 @@ def ants_itk_threads(threads: int) -> Iterator[None]:
             os.environ.pop(ITK_THREADS_VARIABLE, None)
         else:
             os.environ[ITK_THREADS_VARIABLE] = previous
+
+
+ATLAS_AFFINE = {"aff_metric": "mattes", "aff_iterations": (2100, 1200, 1200, 0), "aff_shrink_factors": (4, 2, 2, 1),
+                "aff_smoothing_sigmas": (3, 2, 1, 0)}
+"""The affine stage of ANTsPy's ``SyN`` preset (Mattes mutual information, 32 bins, 20% regular sampling)."""
+
+
+def atlas_affine(subject: Volume, template_path: Path, folder: Path, settings: Settings) -> str:
+    """ANTs' affine registration of the template (moving) to ``subject`` (fixed), run in a child
+    process whose ITK has one thread when ``settings.deterministic``; returns the path of its
+    transform (``folder/affine_0GenericAffine.mat``).
+
+    ITK's Mattes metric with a global transform sums its threads' parts in a varying order (on
+    two threads the example's labels differed by ~1000-2500 voxels from run to run), and ANTsPy's
+    ITK keeps the thread count it started with for the whole process: in a child, this stage gets
+    one thread while the deformable stage here, deterministic on any number, gets them all."""
+    from ..io import save_volume
+
+    fixed_path = save_volume(subject, folder / "subject.nii.gz", dtype=np.float32)
+    prefix = str(folder / "affine_")
+    threads = 1 if settings.deterministic else max(1, settings.threads)
+    code = ("import sys; from pvsquant.pipeline.anatomy import _atlas_affine_child; "
+            "_atlas_affine_child(*sys.argv[1:])")
+    env = {**os.environ, ITK_THREADS_VARIABLE: str(threads)}
+    done = subprocess.run([sys.executable, "-c", code, str(fixed_path), str(template_path), prefix,
+                           str(settings.seed + 1)], env=env, capture_output=True, text=True)
+    transform = prefix + "0GenericAffine.mat"
+    if done.returncode != 0 or not Path(transform).is_file():
+        raise SegmentationError(f"the atlas's affine registration failed (exit {done.returncode}): "
+                                f"{done.stderr.strip()[-500:]}")
+    return transform
+
+
+def _atlas_affine_child(fixed_path: str, template_path: str, prefix: str, seed: str) -> None:
+    """The child process of :func:`atlas_affine`."""
+    import ants
+
+    ants.config._random_seed = int(seed)
+    ants.registration(fixed=ants.image_read(fixed_path), moving=ants.image_read(template_path),
+                      type_of_transform="Affine", outprefix=prefix, **ATLAS_AFFINE)
 
 
 def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
@@ -334,19 +378,23 @@ def _segment_with_atlas(t1: Volume, settings: Settings) -> Anatomy:
                                          convergence={"iters": [50, 40, 30], "tol": 1e-6},
                                          return_bias_field=True)
     bias_work = Volume(np.asarray(bias.numpy(), np.float32), work_affine)
-    fixed = _to_ants(t1_work.with_array(t1_work.array / np.maximum(bias_work.array, 1e-3))) * fixed_mask
+    fixed_volume = t1_work.with_array(t1_work.array / np.maximum(bias_work.array, 1e-3)
+                                      * (mask_work.array > 0.5))
+    fixed = _to_ants(fixed_volume)
     log.debug("N4 bias field: %.1f s", time.perf_counter() - tic)
     tic = time.perf_counter()
     # ANTs writes its transforms (two ~20 MB warp fields) to files; keep them in a folder of
     # our own that is removed afterwards, or every subject of a cohort leaves them in /tmp.
     with tempfile.TemporaryDirectory(prefix="pvsquant_ants_") as transforms_dir, \
             ants_random_seed(settings.seed + 1):
-        reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyN",
-                                aff_metric="mattes", syn_metric=settings.atlas_syn_metric,
+        folder = Path(transforms_dir)
+        affine = atlas_affine(fixed_volume, template_path, folder, settings)
+        superior = _superior_axis(np.asarray(ants.read_transform(affine).parameters[:9], float).reshape(3, 3))
+        reg = ants.registration(fixed=fixed, moving=template, type_of_transform="SyNOnly", initial_transform=affine,
+                                syn_metric=settings.atlas_syn_metric,
                                 syn_sampling=2 if settings.atlas_syn_metric == "CC" else 32,
                                 reg_iterations=settings.atlas_syn_iterations,
-                                outprefix=str(Path(transforms_dir) / "atlas_"))
-        superior = _superior_axis_from_affine(reg["fwdtransforms"][-1])
+                                outprefix=str(folder / "atlas_"))
         warped = ants.apply_transforms(fixed=_to_ants(t1), moving=template_labels,
                                        transformlist=reg["fwdtransforms"], interpolator="genericLabel")
     labels = t1.with_array(np.asarray(warped.numpy(), dtype=np.int32))
@@ -364,15 +412,10 @@ def _segment_with_atlas(t1: Volume, settings: Settings) -> Anatomy:
     return Anatomy(labels=anatomy_volume, method="atlas", superior_axis=superior, brain_mask=mask)
 
 
-def _superior_axis_from_affine(affine_file: str) -> np.ndarray:
-    """The template's superior axis in subject world (RAS+), from ANTs' affine transform."""
-    import ants
-
-    tx = ants.read_transform(affine_file)
-    # ANTs maps fixed (subject) points to moving (template) points, in LPS.
-    params = np.asarray(tx.parameters, dtype=float)
-    a = params[:9].reshape(3, 3)  # subject LPS -> template LPS
-    inv = np.linalg.inv(a)  # template -> subject
+def _superior_axis(subject_to_template: np.ndarray) -> np.ndarray:
+    """The template's superior axis in subject world (RAS+), from the linear part of the affine
+    map of subject points onto template points (LPS, ITK's convention)."""
+    inv = np.linalg.inv(subject_to_template)  # template -> subject
     s_lps = inv @ np.array([0.0, 0.0, 1.0])  # superior is +z in both LPS and RAS
     s_ras = np.array([-s_lps[0], -s_lps[1], s_lps[2]])
     s_ras /= np.linalg.norm(s_ras)

@@ -14,6 +14,7 @@ import platform
 import resource
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -158,27 +159,33 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
         flags = input_flags(t1, t2, overlap, settings)
         models = load_models(settings.models_dir, settings.threads)  # fail fast on bad weights
 
-    if t2_only:  # the anatomy is made on the T2 itself: nothing to register
-        transform = RigidTransform(np.eye(4), float("nan"), float("nan"))
-        flags.append(QCFlag("anatomy_from_t2", "no T1: the anatomical labels come from the T2 (atlas registered "
-                            "with mutual information); small structures are less accurate than from a T1", "warn"))
-    else:
-        with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information)"):
-            transform = register_t1_to_t2(t1, t2, settings)
-            log.info(
-                "  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
-                transform.rotation_deg,
-                transform.translation_mm,
-                transform.score,
-                transform.initial_score,
-            )
-            flags.extend(registration_flags(transform, settings))
-
     method = "labels" if user_labels is not None else settings.segmenter
     source = "T2" if t2_only else "T1"
-    with timer.stage("anatomy", f"anatomical labels from the {source} ({method})"):
-        anatomy_settings = settings_for_t2(settings) if t2_only else settings
-        anatomy = segment_anatomy(t1, anatomy_settings, labels=user_labels)
+    # The rigid registration (SimpleITK on one thread, which releases the GIL) runs alongside the
+    # anatomy, which needs only the T1 and leaves a core free in parts (ANTs' affine stage).
+    with ThreadPoolExecutor(1, thread_name_prefix="pvsquant-registration") as pool:
+        registering = None if t2_only else pool.submit(register_t1_to_t2, t1, t2, settings)
+        with timer.stage("anatomy", f"anatomical labels from the {source} ({method})"
+                         + ("" if t2_only else ", the T1 -> T2 registration alongside")):
+            anatomy_settings = settings_for_t2(settings) if t2_only else settings
+            anatomy = segment_anatomy(t1, anatomy_settings, labels=user_labels)
+        if registering is None:  # the anatomy is made on the T2 itself: nothing to register
+            transform = RigidTransform(np.eye(4), float("nan"), float("nan"))
+            flags.append(QCFlag("anatomy_from_t2", "no T1: the anatomical labels come from the T2 (atlas "
+                                "registered with mutual information); small structures are less accurate than "
+                                "from a T1", "warn"))
+        else:
+            with timer.stage("registration", "rigid registration T1 -> T2 (SimpleITK, mutual information; "
+                             "the wait for it after the anatomy)"):
+                transform = registering.result()
+                log.info(
+                    "  rotation %.2f deg, translation %.2f mm from the headers; Mattes MI %.3f (start %.3f)",
+                    transform.rotation_deg,
+                    transform.translation_mm,
+                    transform.score,
+                    transform.initial_score,
+                )
+                flags.extend(registration_flags(transform, settings))
 
     with timer.stage("regions", "counting regions on the T2 (CSO, basal ganglia, hippocampi, midbrain)"):
         regions = make_regions(anatomy, transform, t2, settings)
