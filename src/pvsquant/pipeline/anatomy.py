@@ -273,11 +273,11 @@ def ants_threads(settings: Settings) -> int:
     cross-correlation and mutual information, hashed identical over separate processes on two
     threads). ITK's Mattes metric with a global transform does not: it flushes each thread's
     joint-histogram derivatives into one shared array under a lock, in whatever order the threads
-    get there (on two threads the example's labels differed by ~1000-2500 voxels from run to run
-    when ANTs ran the affine stage), so the affine stage runs in SimpleITK on one thread
-    (:func:`pvsquant.pipeline.registration.affine_to_template`). ANTsPy's reproducible preset,
-    global correlation in the affine stage (``antsRegistrationSyNRepro``), lost Dice on the painted
-    benchmark (hippocampus 0.68 -> 0.58 on 3 maps).
+    get there (on two threads the example's labels differed by ~1000-2500 voxels from run to run),
+    so ANTs' affine stage runs in a child process on one thread (:func:`atlas_affine`). A SimpleITK
+    affine in its place failed on one painted map (caudate 0.60, hippocampus 0.28). ANTsPy's
+    reproducible preset, global correlation in the affine stage (``antsRegistrationSyNRepro``), lost
+    Dice on the painted benchmark (hippocampus 0.68 -> 0.58 on 3 maps).
     """
     return max(1, settings.threads)
 

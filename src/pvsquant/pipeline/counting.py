@@ -163,10 +163,9 @@ def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Setting
 
 def _support_box(mask: np.ndarray, margin: int = 6, multiple: int = 4) -> tuple[slice, ...]:
     """Bounding box of the smoothed mask's support, with a margin, sized to a multiple of ``multiple``."""
-    idx = np.argwhere(mask > 1e-2)
-    lo = np.maximum(idx.min(axis=0) - margin, 0)
-    hi = np.minimum(idx.max(axis=0) + 1 + margin, mask.shape)
-    size = hi - lo
+    support = bounding_box(mask > 1e-2, np.full(mask.ndim, margin))
+    lo = np.array([b.start for b in support])
+    size = np.array([b.stop for b in support]) - lo
     size = size + (-size) % multiple
     lo = np.maximum(np.minimum(lo, np.asarray(mask.shape) - size), 0)
     return tuple(slice(int(a), int(a + s)) for a, s in zip(lo, size, strict=False))
@@ -310,10 +309,10 @@ def save_count_outputs(results: dict[str, RegionCounts], regions: tuple[str, ...
             table.append({"id": len(table) + 1, "region": region, "x": f"{det.xyz[0]:.2f}", "y": f"{det.xyz[1]:.2f}",
                           "z": f"{det.xyz[2]:.2f}", "peak": f"{det.peak:.5f}", "size_vox": det.size_vox})
     write_tsv(table, ("id", "region", "x", "y", "z", "peak", "size_vox"), out_dir / "pvs.tsv")
-    images = DeferredWrites() if writes is None else writes
-    images.add(_write_count_images, results, t2, out_dir)
     if writes is None:
-        images.wait()
+        _write_count_images(results, t2, out_dir)
+    else:
+        writes.add(_write_count_images, results, t2, out_dir)
     return rows
 
 
