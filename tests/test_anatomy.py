@@ -166,3 +166,46 @@ def test_atlas_affine_failure_is_a_clear_error(tmp_path):
     subject = Volume(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32), np.eye(4))
     with pytest.raises(SegmentationError, match="affine registration failed"):
         an.atlas_affine(subject, tmp_path / "no_template.nii.gz", tmp_path, Settings())
+
+
+def test_brain_grid_covers_the_mask_with_its_margin_on_the_isotropic_grid():
+    affine = np.diag([0.7, 0.7, 4.0, 1.0])
+    affine[:3, 3] = [-50.0, -60.0, -30.0]
+    mask = np.zeros((160, 180, 20), bool)
+    mask[40:120, 50:150, 5:15] = True
+    t1 = Volume(np.zeros(mask.shape, np.float32), affine)
+    full_affine, full_shape = an.reslice_affine(affine, mask.shape, (1.5,) * 3)
+    crop_affine, crop_shape = an.brain_grid(t1, t1.with_array(mask), 1.5, margin_mm=6.0)
+    np.testing.assert_allclose(crop_affine[:3, :3], full_affine[:3, :3])  # same axes and spacing
+    offset = np.linalg.solve(full_affine, crop_affine)[:3, 3]
+    np.testing.assert_allclose(offset, np.round(offset), atol=1e-6)  # on the full grid's voxels
+    assert np.all(offset >= 0) and np.all(offset + crop_shape <= np.asarray(full_shape))
+    assert np.prod(crop_shape) < 0.7 * np.prod(full_shape)
+    # the brain's outer corners lie at least the margin inside the crop's first and last voxel centres
+    # (the full grid leaves room on every side here)
+    inside = np.argwhere(mask)
+    for corner in (inside.min(axis=0) - 0.5, inside.max(axis=0) + 0.5):
+        world = affine[:3, :3] @ corner + affine[:3, 3]
+        at = np.linalg.solve(crop_affine[:3, :3], world - crop_affine[:3, 3])
+        room = np.minimum(at, np.asarray(crop_shape) - 1 - at) * 1.5
+        assert np.all(room >= 6.0 - 1e-6)
+
+
+def test_brain_grid_of_an_empty_mask_is_the_whole_grid():
+    t1 = Volume(np.zeros((20, 20, 10), np.float32), np.eye(4))
+    affine, shape = an.brain_grid(t1, t1.with_array(np.zeros((20, 20, 10), bool)), 1.5)
+    full = an.reslice_affine(t1.affine, t1.shape, (1.5,) * 3)
+    np.testing.assert_allclose(affine, full[0])
+    assert shape == full[1]
+
+
+def test_smoothed_on_the_bounding_box_equals_the_whole_volume_filter():
+    from scipy import ndimage
+
+    mask = np.zeros((60, 50, 14), bool)
+    mask[20:27, 30:34, 5:8] = True  # small, inside
+    mask[0:4, 0:6, 0:3] = True  # touching the array's edges (reflected there)
+    sigma = np.array([1.4, 1.4, 0.33])
+    expected = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
+    np.testing.assert_array_equal(an._smoothed(mask, sigma), expected)
+    assert not an._smoothed(np.zeros_like(mask), sigma).any()

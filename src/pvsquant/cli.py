@@ -376,11 +376,13 @@ COMMANDS = {"train": train_command, "evaluate": evaluate_command, "finetune": fi
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
-    if not args.verbose:
-        for noisy in ("matplotlib", "PIL", "h5py", "distributed", "bids", "bidsschematools", "tornado"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    # -v: pvsquant's own detail; the libraries' debug chatter (matplotlib's font search, numba's
+    # compiler, PIL) stays out of the log either way.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    if args.verbose:
+        logging.getLogger("pvsquant").setLevel(logging.DEBUG)
+    for noisy in ("matplotlib", "PIL", "h5py", "distributed", "bids", "bidsschematools", "tornado", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "demo" and args.cohort:
         args.command = "demo-cohort"
     if args.command in COMMANDS:

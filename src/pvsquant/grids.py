@@ -70,15 +70,23 @@ def _footprint(target_to_source: np.ndarray, source_shape: tuple[int, ...], targ
                ) -> tuple[slice, ...] | None:
     """The target voxels whose source coordinates may fall within one voxel of the source array
     (a box with a two-voxel margin), or None when that box is most of the target."""
-    source_to_target = np.linalg.inv(target_to_source)
-    corners = np.array([[i, j, k] for i in (-1, source_shape[0]) for j in (-1, source_shape[1])
-                        for k in (-1, source_shape[2])], dtype=float)
-    at = corners @ source_to_target[:3, :3].T + source_to_target[:3, 3]
-    lo = np.clip(np.floor(at.min(axis=0)).astype(int) - 2, 0, target_shape)
-    hi = np.clip(np.ceil(at.max(axis=0)).astype(int) + 3, 0, target_shape)
-    if np.prod(hi - lo) > 0.5 * np.prod(target_shape):
+    box = _box_footprint(target_to_source, np.zeros(3), np.asarray(source_shape[:3], float), target_shape)
+    if np.prod([b.stop - b.start for b in box]) > 0.5 * np.prod(target_shape):
         return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    return box
+
+
+def _box_footprint(target_to_source: np.ndarray, lo: np.ndarray, hi: np.ndarray, target_shape: tuple[int, ...]
+                   ) -> tuple[slice, ...]:
+    """The target voxels whose source coordinates may fall within one voxel of the source voxels
+    ``lo`` to ``hi`` (exclusive), with a two-voxel margin; clipped to the target."""
+    source_to_target = np.linalg.inv(target_to_source)
+    corners = np.array([[i, j, k] for i in (lo[0] - 1, hi[0]) for j in (lo[1] - 1, hi[1])
+                        for k in (lo[2] - 1, hi[2])], dtype=float)
+    at = corners @ source_to_target[:3, :3].T + source_to_target[:3, 3]
+    start = np.clip(np.floor(at.min(axis=0)).astype(int) - 2, 0, target_shape[:3])
+    stop = np.clip(np.ceil(at.max(axis=0)).astype(int) + 3, 0, target_shape[:3])
+    return tuple(slice(int(a), int(max(a, b))) for a, b in zip(start, stop, strict=True))
 
 
 def resample_labels(volume: Volume, target_affine: np.ndarray, target_shape: tuple[int, ...],
@@ -89,17 +97,31 @@ def resample_labels(volume: Volume, target_affine: np.ndarray, target_shape: tup
         out = resample(volume, target_affine, target_shape, order=0,
                        target_to_source_world=target_to_source_world)
         return out.with_array(out.array.astype(np.int32))
-    codes = [int(c) for c in np.unique(volume.array) if c != 0]
+    array = np.asarray(volume.array)
+    codes = [int(c) for c in np.unique(array) if c != 0]
     best = np.zeros(tuple(target_shape[:3]), dtype=np.float32)
     best_code = np.zeros(tuple(target_shape[:3]), dtype=np.int32)
     m = voxel_map(volume.affine, target_affine, target_to_source_world)
+    # Each label is interpolated only from its bounding box (one voxel of zeros around it) onto
+    # the target voxels that box can reach: the same values as from the whole one-hot volume.
+    boxes = ndimage.find_objects(np.where(array > 0, array, 0).astype(np.int64)) if codes and min(codes) > 0 else None
     for code in codes:
-        onehot = (volume.array == code).astype(np.float32)
-        p = ndimage.affine_transform(onehot, m[:3, :3], offset=m[:3, 3], output_shape=tuple(target_shape[:3]),
+        source_box = tuple(slice(0, n) for n in array.shape[:3]) if boxes is None else tuple(
+            slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(boxes[code - 1], array.shape, strict=True))
+        lo = np.array([b.start for b in source_box], dtype=float)
+        hi = np.array([b.stop for b in source_box], dtype=float)
+        target_box = _box_footprint(m, lo, hi, target_shape)
+        if any(b.stop <= b.start for b in target_box):
+            continue
+        start = np.array([b.start for b in target_box], dtype=float)
+        onehot = (array[source_box] == code).astype(np.float32)
+        p = ndimage.affine_transform(onehot, m[:3, :3], offset=m[:3, :3] @ start + m[:3, 3] - lo,
+                                     output_shape=tuple(b.stop - b.start for b in target_box),
                                      order=1, mode="constant", cval=0.0, prefilter=False)
-        take = p > best
-        best[take] = p[take]
-        best_code[take] = code
+        b_best, b_code = best[target_box], best_code[target_box]
+        take = p > b_best
+        b_best[take] = p[take]
+        b_code[take] = code
     best_code[best < 0.5 * 0.5] = 0  # far from every label: background
     return Volume(best_code, np.asarray(target_affine, dtype=float))
 
