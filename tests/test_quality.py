@@ -13,6 +13,7 @@ from pvsquant.pipeline.anatomy import segment_anatomy
 from pvsquant.pipeline.quality import (
     QCCheck,
     anatomy_checks,
+    attention_cancelled_ratio,
     attention_outside_fraction,
     counting_checks,
     head_mask,
@@ -126,6 +127,26 @@ def test_region_and_counting_gates(labelled):
     assert attention_outside_fraction(np.zeros((4, 4, 4)), inside[:4, :4, :4]) is None
     attention[9, 0, 0] = -2.0  # negative mass outside is no attention there (the share stays in [0, 1])
     assert attention_outside_fraction(attention, inside) == pytest.approx(0.25)
+
+
+def test_a_count_cancelled_by_its_own_negative_floor_is_flagged():
+    settings = Settings()
+    counted = np.ones((10, 10, 10), bool)
+    attention = np.zeros((10, 10, 10))
+    attention[2, 2, 2] = attention[7, 7, 7] = 1.0  # two PVS
+    attention[5:, :, :] -= 0.01  # a faint floor: 5 PVS of negative mass spread over the region
+    ratio = attention_cancelled_ratio(attention, counted)
+    assert ratio == pytest.approx(4.99 / 1.99, rel=1e-6)  # the PVS at [7, 7, 7] sits on the floor
+    attention[5:, :, :] += 0.008  # 1 PVS of negative mass left: less than one PVS cancelled
+    assert attention_cancelled_ratio(attention, counted) is None
+    checks = by_name(counting_checks({"centrum_semiovale": {"gpunet": 0.0, "cnn": 12.0, "frangi": 7.0}},
+                                     {"centrum_semiovale": 60.0}, {"centrum_semiovale": 0.01}, settings,
+                                     {"centrum_semiovale": ratio}))
+    assert checks["attention_cancelled:centrum_semiovale"].status == "warn"
+    fine = by_name(counting_checks({"centrum_semiovale": {"gpunet": 10.0, "cnn": 12.0, "frangi": 7.0}},
+                                   {"centrum_semiovale": 60.0}, {"centrum_semiovale": 0.01}, settings,
+                                   {"centrum_semiovale": 0.4}))
+    assert fine["attention_cancelled:centrum_semiovale"].status == "pass"
 
 
 def test_brain_mask_volume_gate(labelled):

@@ -236,9 +236,15 @@ def anatomy_checks(anatomy: Anatomy, volumes_ml: dict[str, float], in_fov: dict[
 
 
 def counting_checks(counts: dict[str, dict[str, float]], volumes_ml: dict[str, float],
-                    attention_outside: dict[str, float | None], settings: Settings) -> list[QCCheck]:
-    """Densities within the trained range; the GP-Unet's attention inside its region."""
+                    attention_outside: dict[str, float | None], settings: Settings,
+                    attention_cancelled: dict[str, float | None] | None = None) -> list[QCCheck]:
+    """Densities within the trained range; the GP-Unet's attention inside its region, and not
+    cancelled by its own negative mass."""
     checks = []
+    for region, ratio in (attention_cancelled or {}).items():
+        checks.append(check(f"attention_cancelled:{region}", "counting", ratio,
+                            f"{region}: the GP-Unet map's negative mass over its positive mass where it is "
+                            "counted (above 1 the count is 0 whatever the map detected)", settings))
     for region, by_model in counts.items():
         ml = volumes_ml.get(region, 0.0)
         networks = [v for m, v in by_model.items() if m in fs.NETWORKS and v is not None and math.isfinite(v)]
@@ -248,6 +254,21 @@ def counting_checks(counts: dict[str, dict[str, float]], volumes_ml: dict[str, f
         checks.append(check(f"attention_outside:{region}", "counting", attention_outside.get(region),
                             f"{region}: share of the GP-Unet attention outside the region", settings))
     return checks
+
+
+def attention_cancelled_ratio(attention: np.ndarray, counting_mask: np.ndarray, min_mass: float = 1.0
+                              ) -> float | None:
+    """Negative mass of the attention map over its positive mass, within the counting mask.
+
+    The GP-Unet's count is the map's signed sum there; a faint negative floor over a large
+    region can cancel the positive mass of the PVS it detected (seen on a T2-only run: 12
+    detections, count 0). None when the negative mass is under ``min_mass`` (less than one PVS
+    cancelled: nothing to report)."""
+    inside = attention[counting_mask]
+    negative = -float(inside[inside < 0].sum())
+    if negative < min_mass:
+        return None
+    return negative / max(float(inside[inside > 0].sum()), 1e-6)
 
 
 def attention_outside_fraction(attention: np.ndarray, counting_mask: np.ndarray) -> float | None:

@@ -44,6 +44,7 @@ from .lesions import (
 from .quality import (
     QCCheck,
     anatomy_checks,
+    attention_cancelled_ratio,
     attention_outside_fraction,
     counting_checks,
     input_checks,
@@ -293,12 +294,15 @@ def quantify_subject(
                     res.counts["frangi"],
                     len(res.detections),
                 )
-            outside = {name: attention_outside_fraction(res.attention.array, res.counting_mask
-                                                        if res.counting_mask is not None
-                                                        else count_mask(crops[name].inside, settings.target_spacing_mm))
+            counted_where = {name: res.counting_mask if res.counting_mask is not None
+                             else count_mask(crops[name].inside, settings.target_spacing_mm)
+                             for name, res in counted.items()}
+            outside = {name: attention_outside_fraction(res.attention.array, counted_where[name])
                        for name, res in counted.items()}
+            cancelled = {name: attention_cancelled_ratio(res.attention.array, counted_where[name])
+                         for name, res in counted.items()}
             count_checks = counting_checks({name: res.counts for name, res in counted.items()}, regions.volumes_ml,
-                                           outside, settings)
+                                           outside, settings, cancelled)
             log_checks(count_checks)
             checks = [*prep.checks, *count_checks]
             model_files = {f"{r}_{m}": prep.models[(r, m)].source for r, m in sorted(prep.models)}
