@@ -245,8 +245,9 @@ def default_qc_limits() -> dict[str, tuple[tuple[float, float], tuple[float, flo
         "brain_ml": ((900.0, 2000.0), (600.0, 2600.0)),
         "pvs_per_ml": ((0.0, 3.0), (0.0, 6.0)),
         "attention_outside": ((0.0, 0.5), (0.0, 0.8)),
-        # clean T1+T2 runs of the shared scans: 0.06-0.76; a count cancelled to 0 by its own
-        # negative floor (a T2-only run) 1.65: above 1 the count is below 0 before it is clipped
+        # on the saved maps (T2 grid, whole map) of clean T1+T2 runs of the shared scans 0.06-0.76;
+        # a count cancelled to 0 by its own negative floor (a T2-only run) 1.65. Above 1 the count
+        # is below 0 before it is clipped
         "attention_cancelled": ((0.0, 1.0), (0.0, no)),
     }
     volumes = {"centrum_semiovale": (40.0, 300.0), "basal_ganglia": (20.0, 90.0), "hippocampi": (3.0, 16.0),
