@@ -104,7 +104,7 @@ def resample_labels(volume: Volume, target_affine: np.ndarray, target_shape: tup
     m = voxel_map(volume.affine, target_affine, target_to_source_world)
     # Each label is interpolated only from its bounding box (one voxel of zeros around it) onto
     # the target voxels that box can reach: the same values as from the whole one-hot volume.
-    boxes = ndimage.find_objects(np.where(array > 0, array, 0).astype(np.int64)) if codes and min(codes) > 0 else None
+    boxes = ndimage.find_objects(array.astype(np.int64, copy=False)) if codes and min(codes) > 0 else None
     for code in codes:
         source_box = tuple(slice(0, n) for n in array.shape[:3]) if boxes is None else tuple(
             slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(boxes[code - 1], array.shape, strict=True))

@@ -241,10 +241,6 @@ def counting_checks(counts: dict[str, dict[str, float]], volumes_ml: dict[str, f
     """Densities within the trained range; the GP-Unet's attention inside its region, and not
     cancelled by its own negative mass."""
     checks = []
-    for region, ratio in (attention_cancelled or {}).items():
-        checks.append(check(f"attention_cancelled:{region}", "counting", ratio,
-                            f"{region}: the GP-Unet map's negative mass over its positive mass where it is "
-                            "counted (above 1 the count is 0 whatever the map detected)", settings))
     for region, by_model in counts.items():
         ml = volumes_ml.get(region, 0.0)
         networks = [v for m, v in by_model.items() if m in fs.NETWORKS and v is not None and math.isfinite(v)]
@@ -253,6 +249,10 @@ def counting_checks(counts: dict[str, dict[str, float]], volumes_ml: dict[str, f
                             f"{region}: PVS per ml by the networks (trained on 0.05-3)", settings))
         checks.append(check(f"attention_outside:{region}", "counting", attention_outside.get(region),
                             f"{region}: share of the GP-Unet attention outside the region", settings))
+        if attention_cancelled is not None:
+            checks.append(check(f"attention_cancelled:{region}", "counting", attention_cancelled.get(region),
+                                f"{region}: the GP-Unet map's negative mass over its positive mass where it is "
+                                "counted (above 1 the count is 0 whatever the map detected)", settings))
     return checks
 
 
