@@ -106,11 +106,16 @@ def load_models(models_dir: str | Path | None = None, threads: int = 2) -> dict[
     return found
 
 
+DETECTION_FLOOR = 2.5e-4
+"""The map's faint rim over which a detection's core is grown (PVS per voxel): a tenth of a 20 mm
+PVS's mean per-voxel mass, so a detection's mass is its PVS's whole mass."""
+
+
 def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Settings.detection_level,
                min_mass: float = Settings.detection_min_mass
                ) -> tuple[np.ndarray, list[tuple[tuple[int, int, int], float, int, float]]]:
     """PVS as connected components (26-connected) of the attention map above ``level`` (grown by
-    watershed over the map above ``level / 6``), whose
+    watershed over the map above :data:`DETECTION_FLOOR`, or ``level`` where that is lower), whose
     peak lies in the region and whose mass (sum of the map, i.e. PVS) is at least
     ``min_mass``. Returns (label array, [(peak voxel, peak value, size in voxels, mass)]).
 
@@ -118,16 +123,18 @@ def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Setting
     count (the map's sum there) but is no detection of the region: a PVS is listed in the
     region that holds its centre.
 
-    The map lights a PVS along its axis with a unit mass: ~0.0025 per voxel along a 20 mm PVS,
-    ~0.025 at a 2 mm one, so ``level`` keeps the faintest long ones.
+    The map lights a PVS along its axis with a unit mass: ~0.0025 per voxel along a 20 mm PVS on
+    average (more at its centre), ~0.025 at a 2 mm one. A core needs only the PVS's brightest
+    voxels above ``level``; growing it down to the floor collects the PVS's whole mass, while a
+    low ``level`` would merge neighbouring PVS into one component (``benchmarks/results_detection.md``).
     """
     from skimage.segmentation import watershed
 
     labels = np.zeros(attention.shape, np.int32)
-    grown = attention > level / 6
+    grown = attention > min(DETECTION_FLOOR, level)
     if not grown.any():
         return labels, []
-    # Everything below happens in the bounding box of the map above level / 6 (the same result,
+    # Everything below happens in the bounding box of the grown map (the same result,
     # in C order too; the map is 0 over most of a crop).
     box = bounding_box(grown)
     offset = np.array([b.start for b in box])
@@ -135,7 +142,7 @@ def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Setting
     cores, n = ndimage.label(attention > level, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return labels, []
-    # Each core grown over the map's fainter rim (down to level / 6), so its mass is the PVS's whole mass.
+    # Each core grown over the map's fainter rim (down to the floor), so its mass is the PVS's whole mass.
     components = watershed(-attention, cores, mask=grown)
     # Per component: mass, size and peak (the first voxel in C order among equal maxima), from the
     # few voxels in components: no sort or pass over the whole crop per PVS.
