@@ -112,3 +112,30 @@ def test_outside_weight_trains_the_clean_pass_only_outside_the_region():
     off = dataclasses.replace(settings, outside_weight=0.0)
     plain, plain_parts = background_loss(model, pred, att, pred_clean, att_clean, density, count, off, outside)
     assert "bg_outside" not in plain_parts and float(plain.detach()) <= float(loss.detach())
+
+
+def test_floor_weight_trains_only_the_faint_mass_in_the_counting_mask():
+    settings = TrainSettings(region="midbrain", model="gpunet", segment_weight=0.0, floor_weight=0.1)
+    model = build_model("gpunet", 4, 3)
+    x = torch.rand(1, 3, 16, 16, 8)
+    counted = torch.zeros(1, 1, 16, 16, 8)
+    counted[..., 4:, :, :] = 1.0
+    pred, att = model(x, counted)
+    values = torch.full_like(att, 2e-4)  # a faint floor ...
+    values[..., 8, 8, 4] = 0.05  # ... and one PVS-like peak
+    values[..., 6, 8, 4] = -3e-4  # a faint negative floor voxel counts too
+    att_clean = values.clone().requires_grad_(True)
+    density, count = torch.zeros_like(att), torch.zeros_like(pred)
+    loss, parts = background_loss(model, pred, att, pred.detach(), att_clean, density, count, settings,
+                                  counted=counted)
+    loss.backward()
+    grad = att_clean.grad
+    assert grad is not None
+    faint_mass = 2e-4 * (float(counted.sum()) - 2) + 3e-4
+    assert parts["bg_floor"] == pytest.approx(0.1 * faint_mass, rel=1e-4)
+    assert float(grad[..., :4, :, :].abs().max()) == 0.0  # outside the counting mask: untouched
+    assert float(grad[..., 8, 8, 4]) == 0.0  # a PVS's bright voxels are not floor
+    assert float(grad[..., 6, 8, 4]) < 0 < float(grad[..., 10, 8, 4])  # both signs pulled to 0
+    off = dataclasses.replace(settings, floor_weight=0.0)
+    _, off_parts = background_loss(model, pred, att, pred.detach(), att_clean, density, count, off, counted=counted)
+    assert "bg_floor" not in off_parts

@@ -112,11 +112,12 @@ def test_train_with_a_missing_background_scan_names_it(tmp_path, caplog):
     assert f"--background: {missing} is not a file" in caplog.text and not (tmp_path / "run").exists()
 
 
-def test_train_outside_weight_without_backgrounds_is_refused(tmp_path, caplog):
-    argv = ["train", "--region", "midbrain", "--model", "gpunet", "--out", str(tmp_path / "run"),
-            "--outside-weight", "1.0"]
+@pytest.mark.parametrize("flag", ["--outside-weight", "--floor-weight"])
+def test_train_clean_pass_weights_without_backgrounds_are_refused(tmp_path, caplog, flag):
+    argv = ["train", "--region", "midbrain", "--model", "gpunet", "--out", str(tmp_path / "run"), flag, "1.0"]
     assert main(argv) == 1
-    assert "--outside-weight trains the GP-Unet's clean pass" in caplog.text and not (tmp_path / "run").exists()
+    assert "--outside-weight and --floor-weight train the GP-Unet's clean pass" in caplog.text
+    assert not (tmp_path / "run").exists()
 
 
 def test_report_on_a_folder_that_is_no_run(tmp_path, caplog):

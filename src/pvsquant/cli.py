@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--outside-weight", type=float, default=0.0,
                        help="GP-Unet with --background: train the clean real scans' attention to 0 outside the "
                             "region (weight relative to the density loss; 0: off)")
+    train.add_argument("--floor-weight", type=float, default=0.0,
+                       help="GP-Unet with --background: train the clean real scans' faint attention in the counting "
+                            "mask (|value| < 5e-4 PVS per voxel) to 0, in PVS per patch (0: off)")
     train.add_argument("--init", type=Path, help="start from these weights (e.g. a GP-Unet for a CNN)")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (a checkpoint is kept)")
     train.add_argument("--seed", type=int, default=0)
@@ -201,8 +204,8 @@ def train_command(args: argparse.Namespace) -> int:
         if not path.is_file():
             log.error("--background: %s is not a file", path)
             return 1
-    if args.outside_weight > 0 and not (args.background and args.model == "gpunet"):
-        log.error("--outside-weight trains the GP-Unet's clean pass on real backgrounds: it needs "
+    if (args.outside_weight > 0 or args.floor_weight > 0) and not (args.background and args.model == "gpunet"):
+        log.error("--outside-weight and --floor-weight train the GP-Unet's clean pass on real backgrounds: it needs "
                   "--model gpunet and --background T1 T2")
         return 1
     maps = sorted(args.maps.glob("*.nii*")) if args.maps else default_label_maps()
@@ -238,7 +241,7 @@ def train_command(args: argparse.Namespace) -> int:
                              threads=args.threads, max_minutes=args.minutes,
                              init=str(args.init) if args.init else None,
                              background_fraction=args.background_fraction if real_dir else 0.0,
-                             outside_weight=args.outside_weight,
+                             outside_weight=args.outside_weight, floor_weight=args.floor_weight,
                              extra={"samples": args.samples, "max_density": args.max_density,
                                     "backgrounds": [[str(t1), str(t2)] for t1, t2 in args.background or []],
                                     "background_samples": args.background_samples if real_dir else 0})

@@ -64,6 +64,12 @@ class TrainSettings:
     outside_weight: float = 0.0
     """Real backgrounds: weight of the clean pass's attention outside the region (in the counting
     mask's 1 mm rim), relative to the density loss; 0 leaves the clean pass untrained."""
+    floor_weight: float = 0.0
+    """Real backgrounds: weight of the clean pass's *faint* mass in the counting mask (voxels whose
+    attention is within ``floor_level`` of 0), in PVS per patch. A PVS lights a few voxels far above
+    that level; a floor spread thinly over the region (what made stage 4's and 7's midbrain counts
+    ~7 PVS on every clean scan) is below it. 0: off."""
+    floor_level: float = 5e-4
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,7 +190,8 @@ def loss_terms(model: torch.nn.Module, pred_count: torch.Tensor, attention: torc
 def background_loss(model: torch.nn.Module, pred_injected: torch.Tensor, attention_injected: torch.Tensor,
                     pred_clean: torch.Tensor, attention_clean: torch.Tensor, density: torch.Tensor,
                     count: torch.Tensor, settings: TrainSettings,
-                    outside: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                    outside: torch.Tensor | None = None, counted: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss on real-background samples: what the injection *adds* to the network's outputs
     must be the injected PVS (their density map, their number). The scan's own PVS and its
     borders are in both passes and cancel, so the clean pass enters the difference as a constant.
@@ -194,7 +201,9 @@ def background_loss(model: torch.nn.Module, pred_injected: torch.Tensor, attenti
     With ``settings.outside_weight`` > 0 and ``outside`` (1 on the counting mask's voxels outside
     the region), the clean pass is trained too: its attention there must be 0. The only label a
     real scan has: whatever the counted mass of a region is, it is not the CSF, cortex or cistern
-    just outside it (``attention_clean`` must then carry its gradient)."""
+    just outside it (``attention_clean`` must then carry its gradient). With
+    ``settings.floor_weight`` > 0 and ``counted`` (the counting mask), the clean pass's faint mass
+    there (|attention| < ``settings.floor_level``, either sign) must be 0 too: no floor."""
     count_term = ((pred_injected - pred_clean.detach() - count) ** 2 / (count + 1.0)).mean()
     if settings.model != "gpunet":
         return count_term, {"bg_count": float(count_term.detach())}
@@ -211,6 +220,11 @@ def background_loss(model: torch.nn.Module, pred_injected: torch.Tensor, attenti
         outside_term = ((attention_clean * outside) ** 2).mean() * settings.density_weight * settings.outside_weight
         loss = loss + outside_term
         parts["bg_outside"] = float(outside_term.detach())
+    if settings.floor_weight > 0 and counted is not None:
+        faint = attention_clean.abs() * counted * (attention_clean.detach().abs() < settings.floor_level)
+        floor_term = faint.sum() / attention_clean.shape[0] * settings.floor_weight
+        loss = loss + floor_term
+        parts["bg_floor"] = float(floor_term.detach())
     return loss, parts
 
 
@@ -288,7 +302,7 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
     n_real = round(settings.batch_size * settings.background_fraction) if background_dir is not None else 0
     real_batches = (PatchBatches(load_background_shards(background_dir, regions), settings.crop, rng)
                     if n_real and background_dir is not None else None)
-    train_clean = settings.outside_weight > 0 and settings.model == "gpunet"  # see background_loss
+    train_clean = (settings.outside_weight > 0 or settings.floor_weight > 0) and settings.model == "gpunet"
 
     def save_checkpoint() -> None:
         state = {"state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
@@ -313,7 +327,7 @@ def train(settings: TrainSettings, cache_dir: str | Path, out_dir: str | Path,
             outside = mask * (1.0 - clean[:, 2:3]) if train_clean else None  # channel 2: the region
             pred, attention = model(injected, mask)
             real_loss, real_parts = background_loss(model, pred, attention, pred_clean, attention_clean, density,
-                                                    count, settings, outside)
+                                                    count, settings, outside, mask if train_clean else None)
             share = n_real / settings.batch_size
             loss = (1 - share) * loss + share * real_loss
             parts.update(real_parts)
