@@ -6,6 +6,10 @@
   a dense signal that trains the features faster than the sparse density target alone). The count term must stay
   weak: its gradient is orders of magnitude larger per unit of error, and with equal weights
   training is count-only in disguise, which does not learn on a CPU budget (see the model card).
+* Real backgrounds (:mod:`pvsquant.learning.backgrounds`): what a synthetic injection adds to a
+  real scan's outputs is supervised (:func:`background_loss`); optionally the clean scan's map
+  outside the region (``outside_weight``) and its faint floor inside the counting mask
+  (``floor_weight``) are trained to 0.
 * CNN: the paper's image-level label only (MSE on the count). Its encoder starts from the
   trained GP-Unet's encoder of the same region (same architecture), then the whole network
   is trained on counts. Trained from scratch on counts, it does not learn in a CPU budget.
