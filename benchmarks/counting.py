@@ -128,6 +128,14 @@ def segment_distance(points: np.ndarray, tube) -> np.ndarray:
     return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
 
 
+def not_near(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """The detections of ``new`` (world mm, n x 3) with none of ``old`` within MATCH_MM: those the
+    injection added, not the clean scan's own."""
+    if len(old) and len(new):
+        return new[np.linalg.norm(new[:, None] - old[None], axis=-1).min(axis=1) > MATCH_MM]
+    return new
+
+
 def match(new: np.ndarray, tubes: list) -> list[int]:
     """One-to-one greedy matches between detections (peak, world mm) and injected PVS: a
     detection matches a PVS when its peak lies within MATCH_MM of the PVS's axis. Returns the
@@ -196,10 +204,7 @@ def main() -> None:
                     plot_attention(crops, res, figures_dir / f"counting_injected{n}_{scan}.png")
                 for region in res:
                     old = np.array([d.xyz for d in clean[region].detections]).reshape(-1, 3)
-                    new = np.array([d.xyz for d in res[region].detections]).reshape(-1, 3)
-                    if len(old) and len(new):
-                        keep = np.linalg.norm(new[:, None] - old[None], axis=-1).min(axis=1) > MATCH_MM
-                        new = new[keep]
+                    new = not_near(np.array([d.xyz for d in res[region].detections]).reshape(-1, 3), old)
                     matched = set(match(new, centres[region]))
                     seen = [round(visibility(t, case["t2"]), 3) for t in centres[region]]
                     rows.append({"scan": scan, "region": region, "n": len(centres[region]), "level": n,

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from counting import MATCH_MM, count_all, inject, match, prepare
+from counting import count_all, inject, match, not_near, prepare
 
 from pvsquant.grids import world_coordinates
 from pvsquant.io import load_volume, save_volume
@@ -65,14 +65,11 @@ def clinical_t2(patient: str, seed: int) -> Path:
 
 def new_detections(attention: Volume, inside: np.ndarray, clean: np.ndarray, level: float,
                    min_mass: float) -> np.ndarray:
-    """World centres of the detections at (level, min_mass) with none of ``clean`` within MATCH_MM."""
+    """World centres of the detections at (level, min_mass) with none of ``clean`` within 2.5 mm."""
     _, found = detect_pvs(attention.array, inside, level, min_mass)
     if not found:
         return np.zeros((0, 3))
-    new = world_coordinates(attention.affine, np.array([p for p, *_ in found]))
-    if len(clean):
-        new = new[np.linalg.norm(new[:, None] - clean[None], axis=-1).min(axis=1) > MATCH_MM]
-    return new
+    return not_near(world_coordinates(attention.affine, np.array([p for p, *_ in found])), clean)
 
 
 def main() -> None:
