@@ -117,7 +117,8 @@ def count_all(t2: Volume, case: dict, models: dict, settings: Settings, regions:
     crops = crop_regions(t2, case["regions"], settings)
     crops = {name: crop for name, crop in crops.items() if not regions or name in regions}
     return {name: count_region(crop, models, settings.target_spacing_mm, settings.detection_level,
-                               settings.detection_min_mass, settings.frangi, workers=settings.threads)
+                               settings.detection_min_mass, settings.frangi, workers=settings.threads,
+                               prominence=settings.detection_prominence.get(name))
             for name, crop in crops.items()}, crops
 
 

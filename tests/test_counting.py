@@ -21,7 +21,7 @@ from pvsquant.pipeline.counting import (
     save_count_outputs,
 )
 from pvsquant.pipeline.roi import count_mask, scale_to_region
-from pvsquant.types import REGION_CODES, RegionCrop, Volume
+from pvsquant.types import REGION_CODES, RegionCrop, Settings, Volume
 
 SPACING = (0.5, 0.5, 0.8)
 
@@ -61,6 +61,28 @@ def test_neighbouring_pvs_are_separate_detections():
     assert len(found) == 2
     assert all(mass == pytest.approx(1.0, abs=0.15) for *_, mass in found)
     assert len(detect_pvs(attention, region, level=1.5e-3)[1]) == 1
+
+
+@pytest.mark.parametrize("region_name", list(REGION_CODES))
+def test_prominence_splits_touching_pvs_not_a_long_one(region_name):
+    """Two PVS 2.5 mm apart touch above the level (one component); split at their peaks with the
+    region's shipped prominence they are two detections of one PVS each. A 16 mm PVS (its map's
+    ripples along the axis, and its peak only just above the level) stays one detection, and so
+    does a single blob."""
+    prominence = Settings().detection_prominence[region_name]
+    attention = blobs([[20, 20, 12], [25, 20, 12]])
+    region = np.ones(attention.shape, bool)
+    assert len(detect_pvs(attention, region)[1]) == 1
+    found = detect_pvs(attention, region, prominence=prominence)[1]
+    assert sorted(p for p, *_ in found) == [(20, 20, 12), (25, 20, 12)]
+    assert all(mass == pytest.approx(1.0, abs=0.15) for *_, mass in found)
+    affine = np.diag([*list(SPACING), 1.0])
+    long_pvs = line_density([Tube(np.array([10.0, 15.0, 12.0]), np.array([0.0, 0.0, 1.0]), 16.0, 1.5)],
+                            affine, (60, 60, 40))
+    assert Settings().detection_level < long_pvs.max() < Settings().detection_level + 2 * prominence
+    (single,) = detect_pvs(long_pvs, np.ones(long_pvs.shape, bool), prominence=prominence)[1]
+    assert single[3] == pytest.approx(1.0, abs=0.15)
+    assert len(detect_pvs(blobs([[30, 30, 15]]), region, prominence=prominence)[1]) == 1
 
 
 def test_detect_pvs_matches_scipy_per_component_statistics():

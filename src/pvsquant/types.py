@@ -325,6 +325,22 @@ class Settings:
     basal ganglia (0.87; the former 1.5e-3, chosen on synthetic patches by the number of
     detections: 0.82) and a higher recall in every region, since a low level merges neighbouring
     PVS into one component; the minimum mass changed the figures by less than their noise."""
+    detection_prominence: dict[str, float] = field(
+        default_factory=lambda: {
+            "centrum_semiovale": 2.5e-3,
+            "basal_ganglia": 2.5e-3,
+            "hippocampi": 5e-4,
+            "midbrain": 5e-4,
+        }
+    )
+    """Per region: a component above ``detection_level`` with several peaks is split into one
+    detection per peak rising this much (PVS per voxel) above its saddle
+    (:func:`pvsquant.pipeline.counting.peak_cores`); a region left out is not split. Chosen per
+    region by F1 on the same three scans (``benchmarks/results_detection.md``): the hippocampal
+    and midbrain networks draw broader blobs, whose neighbours merge above any level (F1 0.46 ->
+    0.60 and 0.46 -> 0.76); in the centrum semiovale and basal ganglia the split moves F1 by less
+    than 0.005 (0.856 -> 0.853, 0.877 -> 0.878) and is kept so that a detection means the same
+    everywhere."""
     # QC thresholds
     overlap_warn_fraction: float = 0.8
     qc_limits: dict[str, tuple[tuple[float, float], tuple[float, float]]] = field(

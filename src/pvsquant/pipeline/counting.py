@@ -111,13 +111,49 @@ DETECTION_FLOOR = 2.5e-4
 PVS's mean per-voxel mass, so a detection's mass is its PVS's whole mass."""
 
 
+def peak_cores(attention: np.ndarray, level: float, prominence: float) -> tuple[np.ndarray, int]:
+    """Labelled peaks of the map above ``level`` whose dynamic is at least ``prominence``: the map
+    must fall that much below the peak on every path to a higher peak (h-maxima). Neighbouring
+    PVS whose maps touch above ``level`` get a peak each; a PVS's small ripples, and a faint bump
+    beside a brighter PVS, none (the watershed gives its voxels to the brighter peak).
+
+    Computed per connected component of the map above ``level - prominence`` (no path between
+    two peaks above ``level`` that dips below it decides either's dome), the rest of its box held
+    at that value: the same peaks as over the whole map, at a fraction of the time."""
+    from skimage.morphology import local_maxima, reconstruction
+
+    full = np.ones((3, 3, 3), bool)
+    peaks = np.zeros(attention.shape, bool)
+    floor = max(level - prominence, 0.0)
+    components, _ = ndimage.label(attention > floor, structure=full)
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        inside = components[box] == index
+        values = attention[box]
+        above = inside & (values > level)
+        if not above.any():
+            continue
+        held = np.where(inside, values, floor).astype(np.float64)
+        # The h-maxima transform; its regional maxima are the domes that rise ``prominence`` above
+        # their surroundings, each one connected plateau (a long PVS's ripples stay one dome).
+        domes = reconstruction(held - prominence, held, method="dilation", footprint=full)
+        peaks[box] |= local_maxima(domes, footprint=full) & above
+    return ndimage.label(peaks, structure=full)
+
+
 def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Settings.detection_level,
-               min_mass: float = Settings.detection_min_mass
+               min_mass: float = Settings.detection_min_mass, prominence: float | None = None
                ) -> tuple[np.ndarray, list[tuple[tuple[int, int, int], float, int, float]]]:
     """PVS as connected components (26-connected) of the attention map above ``level`` (grown by
     watershed over the map above :data:`DETECTION_FLOOR`, or ``level`` where that is lower), whose
     peak lies in the region and whose mass (sum of the map, i.e. PVS) is at least
     ``min_mass``. Returns (label array, [(peak voxel, peak value, size in voxels, mass)]).
+
+    With a ``prominence`` (PVS per voxel), the cores are the map's peaks above ``level`` that rise
+    that much above the saddle towards any higher peak (:func:`peak_cores`; per region in
+    ``Settings.detection_prominence``, chosen in ``benchmarks/results_detection.md``): one
+    detection per PVS where neighbouring PVS's maps touch above ``level``.
 
     A component peaking in the counting mask's 1 mm rim outside the region still adds to the
     count (the map's sum there) but is no detection of the region: a PVS is listed in the
@@ -139,7 +175,10 @@ def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Setting
     box = bounding_box(grown)
     offset = np.array([b.start for b in box])
     full_attention, attention, grown, region = attention, attention[box], grown[box], region[box]
-    cores, n = ndimage.label(attention > level, structure=np.ones((3, 3, 3), bool))
+    if prominence is None:
+        cores, n = ndimage.label(attention > level, structure=np.ones((3, 3, 3), bool))
+    else:
+        cores, n = peak_cores(attention, level, prominence)
     if n == 0:
         return labels, []
     # Each core grown over the map's fainter rim (down to the floor), so its mass is the PVS's whole mass.
@@ -247,7 +286,8 @@ def model_channels(models: dict[tuple[str, str], Weights], region: str) -> int:
 
 def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spacing_mm: tuple[float, float, float],
                  level: float = Settings.detection_level, min_mass: float = Settings.detection_min_mass,
-                 frangi_settings: FrangiSettings | None = None, workers: int = 1) -> RegionCounts:
+                 frangi_settings: FrangiSettings | None = None, workers: int = 1,
+                 prominence: float | None = None) -> RegionCounts:
     """Counts of one region by every model, the attention map and the detected PVS (Frangi on
     ``workers`` threads; the networks on torch's).
 
@@ -276,7 +316,7 @@ def count_region(crop: RegionCrop, models: dict[tuple[str, str], Weights], spaci
         counts[name] = max(0.0, float(value[0]))  # a count is not negative (see the docstring)
         if name == "gpunet":
             attention[box] = amap[0, 0].numpy()
-    labels, found = detect_pvs(attention, crop.inside, level, min_mass)
+    labels, found = detect_pvs(attention, crop.inside, level, min_mass, prominence)
     affine = crop.image.affine
     centres = [world_coordinates(affine, np.array([p]))[0] for p, *_ in found]
     detections = [Detection(crop.region, (float(c[0]), float(c[1]), float(c[2])), peak, size)

@@ -281,7 +281,8 @@ def quantify_subject(
         with timer.stage("count", "PVS counts: GP-Unet and CNN, Frangi baseline"):
             counted = {
                 name: count_region(crop, prep.models, settings.target_spacing_mm, settings.detection_level,
-                                   settings.detection_min_mass, settings.frangi, workers=settings.threads)
+                                   settings.detection_min_mass, settings.frangi, workers=settings.threads,
+                                   prominence=settings.detection_prominence.get(name))
                 for name, crop in crops.items()
             }
             count_rows = save_count_outputs(counted, tuple(REGION_CODES), t2, out, writes)
