@@ -1,12 +1,15 @@
-"""Copy trained weights into the package and write its model card.
+"""Copy trained weights into the package, add their rows to the model card, redraw the curves.
 
     python scripts/ship_models.py RUN_DIR [RUN_DIR ...]
 
 Each RUN_DIR is a ``pvsquant train --out`` folder holding ``<region>_<model>.pt`` and
-``train_log.json``. The weights go to src/pvsquant/data/models/, and MODEL_CARD.md there
-is rewritten from ``scripts/model_card_header.md`` and the training logs (settings, steps,
-time, validation on held-out maps); the loss curves go to ``training_curves.png`` beside it.
-A run on ``--region all`` gives the same weights to every region.
+``train_log.json``. The weights go to src/pvsquant/data/models/; each run adds one row (its
+settings, steps, time, validation on held-out maps) to the ``## Runs`` table of MODEL_CARD.md
+there, whose hand-written text (stages, benchmarks) is kept as it is; the command that
+reproduces the run is printed, for the card's text. ``training_curves.png`` beside it is
+redrawn from every training log in ``training/`` and the new runs. A run on ``--region all``
+gives the same weights to every region. Copy a shipped run's ``train_log.json`` (and
+checkpoint) into ``training/`` so that later curves keep it.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pvsquant.reporting.figures import save_figure
 
 DEST = Path(__file__).resolve().parents[1] / "src" / "pvsquant" / "data" / "models"
 
-HEADER_FILE = Path(__file__).resolve().parent / "model_card_header.md"
+LOGS = Path(__file__).resolve().parents[1] / "training"
 
 
 def ship(run: Path, log: dict, region: str) -> Path:
@@ -46,23 +49,60 @@ def train_options(s: dict) -> str:
         out += f" --background-samples {extra['background_samples']} --background-fraction {s['background_fraction']}"
     if s.get("outside_weight"):
         out += f" --outside-weight {s['outside_weight']}"
+    if s.get("floor_weight"):
+        out += f" --floor-weight {s['floor_weight']}"
+    return out
+
+
+def add_run_rows(card: str, rows: list[str]) -> str:
+    """The card with ``rows`` appended to the table of its ``## Runs`` section (after its last row)."""
+    lines = card.splitlines(keepends=True)
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "## Runs")
+    except StopIteration:
+        raise ValueError("the model card has no '## Runs' section") from None
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("|"):
+        end += 1
+    if end == len(lines):
+        raise ValueError("the model card's '## Runs' section has no table")
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "".join(lines[:end] + [row + "\n" for row in rows] + lines[end:])
+
+
+def running_median(values: list, width: int = 5) -> list[float]:
+    """Median over the last ``width`` logged values (a logged loss is one batch's: noisy)."""
+    import numpy as np
+
+    series = np.array([np.nan if v is None else float(v) for v in values])
+    out = []
+    for i in range(len(series)):
+        window = series[max(0, i - width + 1): i + 1]
+        window = window[np.isfinite(window)]
+        out.append(float(np.median(window)) if window.size else float("nan"))
     return out
 
 
 def plot_curves(logs: list[tuple[str, dict]], path: Path) -> None:
-    """Training loss (and its parts) per step of every run, one panel per run."""
+    """Training loss (and its parts) per step of every run, one panel per run (running medians)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 3.6), squeeze=False)
-    for ax, (name, log) in zip(axes[0], logs, strict=False):
+    columns = min(4, len(logs))
+    rows = -(-len(logs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(logs):]:
+        ax.axis("off")
+    for ax, (name, log) in zip(axes.flat, logs, strict=False):
         steps = [h["step"] for h in log["history"]]
-        for key in ("loss", "density", "segment", "count", "bg_density", "bg_count", "bg_segment", "bg_outside"):
+        for key in ("loss", "density", "segment", "count", "bg_density", "bg_count", "bg_segment", "bg_outside",
+                    "bg_floor"):
             values = [h.get(key) for h in log["history"]]
             if any(v is not None for v in values):
-                ax.plot(steps, values, label=key, lw=1)
+                ax.plot(steps, running_median(values), label=key, lw=1)
         for probe in log.get("probes", []):
             ax.axvline(probe["step"], color="0.8", lw=0.5)
         ax.set_yscale("log")
@@ -92,20 +132,17 @@ def main(run_dirs: list[str]) -> None:
         commands.append(
             f"pvsquant train --region {s['region']} --model {s['model']} --steps {s['steps']} "
             f"--samples {log['samples'] // len(targets)} --lr {s['learning_rate']} --seed {s['seed']}"
-            + (f" --init RUNS/{Path(s['init']).parent.name}/{Path(s['init']).name}" if s.get("init") else "")
+            + (f" --init {s['init']}" if s.get("init") else "")
             + train_options(s)
             + f" --out RUNS/{run.name} --cache CACHE"
         )
-    plot_curves(logs, DEST / "training_curves.png")
-    total = sum(log["train_seconds"] for _, log in logs)
-    text = HEADER_FILE.read_text().format(
-        regions=", ".join(REGION_CODES),
-        commands="\n".join(commands),
-        runs="\n".join(rows),
-        total_minutes=f"{total / 60:.0f}",
-    )
-    (DEST / "MODEL_CARD.md").write_text(text)
-    print(text)
+    kept = [(path.name.removesuffix("_train_log.json"), json.loads(path.read_text()))
+            for path in sorted(LOGS.glob("*_train_log.json"))]
+    plot_curves(kept + logs, DEST / "training_curves.png")
+    card = DEST / "MODEL_CARD.md"
+    card.write_text(add_run_rows(card.read_text(), rows))
+    print(f"{len(rows)} row(s) added to {card}; describe the run(s) there. Commands:")
+    print("\n".join(commands))
 
 
 if __name__ == "__main__":
