@@ -120,6 +120,29 @@ def test_train_clean_pass_weights_without_backgrounds_are_refused(tmp_path, capl
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--floor-weight", "-0.02", "--floor-weight must be 0 or more, got -0.02"),
+    ("--outside-weight", "-1", "--outside-weight must be 0 or more, got -1"),
+    ("--count-weight", "-0.05", "--count-weight must be 0 or more, got -0.05"),
+    ("--background-fraction", "1.5", "--background-fraction is a share of each batch (0 to 1), got 1.5"),
+])
+def test_train_refuses_weights_that_would_silently_do_nothing(tmp_path, caplog, flag, value, message):
+    """A negative clean-pass weight used to switch its term off without a word."""
+    argv = ["train", "--region", "midbrain", "--model", "gpunet", "--out", str(tmp_path / "run"), flag, value]
+    assert main(argv) == 1
+    assert message in caplog.text and not (tmp_path / "run").exists()
+
+
+def test_train_help_states_the_floor_level_training_uses():
+    from pvsquant.cli import build_parser
+    from pvsquant.learning.training import TrainSettings
+
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices.values()
+                 if any(o.dest == "floor_weight" for o in a._actions))
+    help_text = next(o.help for o in train._actions if o.dest == "floor_weight")
+    assert "5e-4" in help_text and TrainSettings.floor_level == 5e-4
+
+
 def test_report_on_a_folder_that_is_no_run(tmp_path, caplog):
     assert main(["report", str(tmp_path)]) == 1
     assert f"{tmp_path} is not a pvsquant run output" in caplog.text

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "region (weight relative to the density loss; 0: off)")
     train.add_argument("--floor-weight", type=float, default=0.0,
                        help="GP-Unet with --background: train the clean real scans' faint attention in the counting "
-                            "mask (|value| < 5e-4 PVS per voxel) to 0, in PVS per patch (0: off)")
+                            "mask (|value| < 5e-4 PVS per voxel, TrainSettings.floor_level) to 0, in PVS per patch "
+                            "(0: off)")
     train.add_argument("--init", type=Path, help="start from these weights (e.g. a GP-Unet for a CNN)")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (a checkpoint is kept)")
     train.add_argument("--seed", type=int, default=0)
@@ -204,6 +205,13 @@ def train_command(args: argparse.Namespace) -> int:
         if not path.is_file():
             log.error("--background: %s is not a file", path)
             return 1
+    for flag in ("count_weight", "density_weight", "outside_weight", "floor_weight", "background_fraction"):
+        if getattr(args, flag) < 0:
+            log.error("--%s must be 0 or more, got %g", flag.replace("_", "-"), getattr(args, flag))
+            return 1
+    if args.background_fraction > 1:
+        log.error("--background-fraction is a share of each batch (0 to 1), got %g", args.background_fraction)
+        return 1
     if (args.outside_weight > 0 or args.floor_weight > 0) and not (args.background and args.model == "gpunet"):
         log.error("--outside-weight and --floor-weight train the GP-Unet's clean pass on real backgrounds: it needs "
                   "--model gpunet and --background T1 T2")
