@@ -338,8 +338,10 @@ class Settings:
     (:func:`pvsquant.pipeline.counting.peak_cores`); a region left out is not split. Chosen per
     region by F1 on the same three scans (``benchmarks/results_detection.md``): the hippocampal
     and midbrain networks draw broader blobs, whose neighbours merge above any level (F1 0.46 ->
-    0.60 and 0.46 -> 0.76); in the centrum semiovale and basal ganglia the split moves F1 by less
-    than 0.005 (0.856 -> 0.853, 0.877 -> 0.878) and is kept so that a detection means the same
+    0.60 and 0.46 -> 0.76 at 5e-4; their best F1 over 1e-4 ... 3e-3, 0.609 at 2e-4-3e-4 and 0.786
+    at 1e-4, is within 0.03 of it: 5e-4 keeps a margin above the map's own ripples on scans the
+    grid did not see); in the centrum semiovale and basal ganglia the split moves F1 by less than
+    0.005 (0.856 -> 0.853, 0.877 -> 0.878) and is kept so that a detection means the same
     everywhere."""
     # QC thresholds
     overlap_warn_fraction: float = 0.8
