@@ -133,14 +133,14 @@ def test_train_refuses_weights_that_would_silently_do_nothing(tmp_path, caplog, 
     assert message in caplog.text and not (tmp_path / "run").exists()
 
 
-def test_train_help_states_the_floor_level_training_uses():
-    from pvsquant.cli import build_parser
+def test_train_help_states_the_floor_level_training_uses(capsys):
     from pvsquant.learning.training import TrainSettings
 
-    train = next(a for a in build_parser()._subparsers._group_actions[0].choices.values()
-                 if any(o.dest == "floor_weight" for o in a._actions))
-    help_text = next(o.help for o in train._actions if o.dest == "floor_weight")
-    assert "5e-4" in help_text and TrainSettings.floor_level == 5e-4
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(|value| < 5e-4 PVS per voxel, TrainSettings.floor_level)" in help_text
+    assert TrainSettings.floor_level == 5e-4
 
 
 def test_report_on_a_folder_that_is_no_run(tmp_path, caplog):
@@ -153,6 +153,8 @@ def test_report_on_a_folder_that_is_no_run(tmp_path, caplog):
     ('{"cso_offset_mm": 10, "no_such_setting": 1}', "unknown setting(s) no_such_setting"),
     ('{"threads": "two"}', "threads must be a number"),
     ('{"target_spacing_mm": 0.5}', "target_spacing_mm must be a list"),
+    ('{"detection_prominence": {"hippocampus": 5e-4}}', "detection_prominence: unknown region(s) hippocampus"),
+    ('{"detection_prominence": {"midbrain": -1e-3}}', "detection_prominence must be 0 or more"),
 ])
 def test_bad_settings_file_exits_nonzero_and_writes_nothing(phantom_case, tmp_path, caplog, content, message):
     t1, t2, aseg = phantom_case

@@ -85,6 +85,18 @@ def test_prominence_splits_touching_pvs_not_a_long_one(region_name):
     assert len(detect_pvs(blobs([[30, 30, 15]]), region, prominence=prominence)[1]) == 1
 
 
+def test_a_prominence_above_the_map_keeps_each_component_and_a_negative_one_is_refused():
+    """The highest peak of a component always counts: a prominence above the map's height gives the
+    unsplit detections (not none), and a negative prominence is an error, not skimage's."""
+    attention = blobs([[20, 20, 12], [25, 20, 12]])
+    region = np.ones(attention.shape, bool)
+    unsplit = detect_pvs(attention, region)[1]
+    for prominence in (0.05, 1.0):
+        assert detect_pvs(attention, region, prominence=prominence)[1] == unsplit
+    with pytest.raises(ValueError, match="prominence must be 0 or more"):
+        detect_pvs(attention, region, prominence=-1e-3)
+
+
 def test_detect_pvs_matches_scipy_per_component_statistics():
     """Mass, size and peak per component computed from the component voxels only give what
     ndimage's per-label functions give, and the label array numbers the kept detections 1..n."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import REGION_CODES  # noqa: F401  (re-exported: types used to define it)
+from .labels import REGION_CODES  # (re-exported: types used to define it)
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,7 @@ class Settings:
     (:func:`pvsquant.pipeline.counting.peak_cores`); a region left out is not split. Chosen per
     region by F1 on the same three scans (``benchmarks/results_detection.md``): the hippocampal
     and midbrain networks draw broader blobs, whose neighbours merge above any level (F1 0.46 ->
-    0.60 and 0.46 -> 0.76 at 5e-4; their best F1 over 1e-4 ... 3e-3, 0.609 at 2e-4-3e-4 and 0.786
+    0.60 and 0.46 -> 0.76 at 5e-4; their best F1 over 1e-4 ... 3e-3, 0.608 at 3e-4 and 0.786
     at 1e-4, is within 0.03 of it: 5e-4 keeps a margin above the map's own ripples on scans the
     grid did not see); in the centrum semiovale and basal ganglia the split moves F1 by less than
     0.005 (0.856 -> 0.853, 0.877 -> 0.878) and is kept so that a detection means the same
@@ -350,6 +350,15 @@ class Settings:
     """Quality gates (:mod:`pvsquant.pipeline.quality`): per check, the range that passes and the
     range that warns; outside both it fails. ``volume:<region>`` etc. are per region. 1e9 is
     'no bound'. Calibrated in ``benchmarks/results_quality_gates.md``."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.detection_prominence) - set(REGION_CODES))
+        if unknown:
+            raise ValueError(f"detection_prominence: unknown region(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(REGION_CODES)}")
+        negative = {k: v for k, v in self.detection_prominence.items() if v < 0}
+        if negative:
+            raise ValueError(f"detection_prominence must be 0 or more, got {negative}")
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -384,7 +393,10 @@ class Settings:
         for name, value in source.items():
             default = getattr(defaults, name)
             values[name] = _like(default, value, f"{where}: {name}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise InputSettingsError(f"{where}: {exc}.") from exc
 
 
 def _like(default: Any, value: Any, what: str) -> Any:

@@ -119,13 +119,18 @@ def peak_cores(attention: np.ndarray, level: float, prominence: float) -> tuple[
 
     Computed per connected component of the map above ``level - prominence`` (no path between
     two peaks above ``level`` that dips below it decides either's dome), the rest of its box held
-    at that value: the same peaks as over the whole map, at a fraction of the time."""
+    at that value: the same peaks as over the whole map, at a fraction of the time. The highest
+    peak of each component always counts, whatever the prominence (the map's 0 between PVS is no
+    saddle: a prominence above the map's height leaves one peak per component, none is lost)."""
     from skimage.morphology import local_maxima, reconstruction
 
+    if prominence < 0:
+        raise ValueError(f"prominence must be 0 or more, got {prominence}")
     full = np.ones((3, 3, 3), bool)
     peaks = np.zeros(attention.shape, bool)
-    floor = max(level - prominence, 0.0)
-    components, _ = ndimage.label(attention > floor, structure=full)
+    # Held below every peak above ``level`` by at least ``prominence``, so each component's top is a dome.
+    floor = level - prominence
+    components, _ = ndimage.label(attention > max(floor, 0.0), structure=full)
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None:
             continue
@@ -134,11 +139,12 @@ def peak_cores(attention: np.ndarray, level: float, prominence: float) -> tuple[
         above = inside & (values > level)
         if not above.any():
             continue
-        held = np.where(inside, values, floor).astype(np.float64)
+        # Padded by one voxel at ``floor``: a dome that fills its whole box still has a lower rim.
+        held = np.pad(np.where(inside, values, floor).astype(np.float64), 1, constant_values=floor)
         # The h-maxima transform; its regional maxima are the domes that rise ``prominence`` above
         # their surroundings, each one connected plateau (a long PVS's ripples stay one dome).
         domes = reconstruction(held - prominence, held, method="dilation", footprint=full)
-        peaks[box] |= local_maxima(domes, footprint=full) & above
+        peaks[box] |= local_maxima(domes, footprint=full)[1:-1, 1:-1, 1:-1] & above
     return ndimage.label(peaks, structure=full)
 
 
