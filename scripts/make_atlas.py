@@ -9,6 +9,8 @@
    midbrain (173) off the brainstem (16) and write template_T1w.nii.gz + template_labels.nii.gz
    (both on the template grid):
        python scripts/make_atlas.py --template mni_..._brain.nii.gz --samseg samseg_mni/seg.mgz
+3. Relabel the subcortical structures by majority vote of ten SynthSeg label maps
+   (``scripts/fuse_atlas_labels.py``; keep a copy of step 2's label map as its ``--samseg-labels``).
 """
 
 from __future__ import annotations

@@ -156,7 +156,10 @@ DEEP_PRIOR_SIGMA_MM = 1.0
 """Registration uncertainty assumed at the deep grey nuclei and hippocampus: 1 mm beat 0.7, 1.5, 2
 and 3 mm on the painted benchmark's registrations (10 maps, refinement rerun on cached labels).
 `benchmarks/segmentation.py`: Dice caudate 0.788 / putamen 0.853 / pallidum 0.717 / hippocampus 0.693;
-0.733 / 0.802 / 0.679 / 0.676 when these structures kept their atlas labels (the earlier rule)."""
+0.733 / 0.802 / 0.679 / 0.676 when these structures kept their atlas labels (the earlier rule).
+Checked again with the template's subcortical labels fused from SynthSeg maps (2026-12-06 evening,
+same registrations): caudate / pallidum / hippocampus 0.801 / 0.731 / 0.720 at 1 mm, 0.801 / 0.730 /
+0.717 at 0.7 mm, 0.787 / 0.729 / 0.711 at 1.5 mm."""
 REFINE_FIXED_CODES = (16, MIDBRAIN)
 """Brainstem and midbrain keep their atlas labels (they only shrink into fluid)."""
 
