@@ -19,11 +19,11 @@ The maps are ``training_seg_11`` ... ``training_seg_20`` of github.com/BBillot/S
 66342c1f05e520f3729a6d7ca1042eb7f01b6266 (Apache-2.0), folder ``data/training_label_maps``. Maps
 01-10 of that folder (in ../shared) are the segmentation benchmark's and are deliberately not used.
 
-    python scripts/fuse_atlas_labels.py --maps DIR_WITH_MAPS_11_20 --samseg-labels samseg_template_labels.nii.gz \
-        [--work DIR] [--out src/pvsquant/data/atlas/template_labels.nii.gz]
+    python scripts/fuse_atlas_labels.py --maps DIR_WITH_MAPS_11_20 [--work DIR]
 
-``--samseg-labels`` is the label map ``scripts/make_atlas.py`` writes (SAMSEG's codes, midbrain
-split off). About 6 minutes per map on one thread of a 2-core VM.
+It reads ``template_labels_samseg.nii.gz`` (the label map ``scripts/make_atlas.py`` writes: SAMSEG's
+codes, midbrain split off; shipped too, for T2-only runs) and writes ``template_labels.nii.gz``.
+About 6 minutes per map on one thread of a 2-core VM.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ from pvsquant.labels import CORTEX_CODES, CSF_CODES, DEEP_GM_CODES, MIDBRAIN, WM
 from pvsquant.pipeline.anatomy import atlas_files, split_midbrain
 from pvsquant.types import Settings, Volume
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "pvsquant" / "data" / "atlas" / "template_labels.nii.gz"
+ATLAS = Path(__file__).resolve().parents[1] / "src" / "pvsquant" / "data" / "atlas"
+OUT = ATLAS / "template_labels.nii.gz"
 SUBCORTICAL = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60, 4, 43, 5, 44, 14, 15)
 """Codes whose extent the vote decides (thalamus, caudate, putamen, pallidum, hippocampus, amygdala,
 accumbens, ventral diencephalon, lateral, inferior lateral, third and fourth ventricles)."""
@@ -138,7 +139,7 @@ def fuse(samseg: np.ndarray, maps: list[np.ndarray], affine: np.ndarray) -> np.n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--maps", required=True, type=Path, help="folder with training_seg_11..20.nii.gz")
-    parser.add_argument("--samseg-labels", required=True, type=Path)
+    parser.add_argument("--samseg-labels", type=Path, default=ATLAS / "template_labels_samseg.nii.gz")
     parser.add_argument("--work", type=Path, default=None, help="keep the warped maps here")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()

@@ -6,11 +6,11 @@
        python -m venv samseg-env && samseg-env/bin/pip install samseg
        samseg-env/bin/run_samseg -i mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz -o samseg_mni --threads 2
 2. Run this script to turn SAMSEG's few WM-hypointensity voxels into white matter, split the
-   midbrain (173) off the brainstem (16) and write template_T1w.nii.gz + template_labels.nii.gz
-   (both on the template grid):
+   midbrain (173) off the brainstem (16) and write template_T1w.nii.gz +
+   template_labels_samseg.nii.gz (both on the template grid; the labels ``pvsquant run --t2`` uses):
        python scripts/make_atlas.py --template mni_..._brain.nii.gz --samseg samseg_mni/seg.mgz
 3. Relabel the subcortical structures by majority vote of ten SynthSeg label maps
-   (``scripts/fuse_atlas_labels.py``; keep a copy of step 2's label map as its ``--samseg-labels``).
+   (``scripts/fuse_atlas_labels.py``, reads step 2's map, writes template_labels.nii.gz).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t1 = np.asarray(template.dataobj).astype(np.int16)
     nib.save(nib.Nifti1Image(t1, template.affine), str(args.out / "template_T1w.nii.gz"))
-    nib.save(nib.Nifti1Image(labels.array.astype(np.uint16), template.affine), str(args.out / "template_labels.nii.gz"))
+    labels_out = args.out / "template_labels_samseg.nii.gz"
+    nib.save(nib.Nifti1Image(labels.array.astype(np.uint16), template.affine), str(labels_out))
     codes, counts = np.unique(labels.array, return_counts=True)
     for c, n in zip(codes, counts, strict=False):
         print(f"code {c:4d}: {n / 1000:8.1f} ml")

@@ -209,3 +209,24 @@ def test_smoothed_on_the_bounding_box_equals_the_whole_volume_filter():
     expected = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
     np.testing.assert_array_equal(an._smoothed(mask, sigma), expected)
     assert not an._smoothed(np.zeros_like(mask), sigma).any()
+
+
+def test_t1_uses_the_fused_labels_and_t2_alone_samsegs():
+    from pvsquant.pipeline.anatomy import atlas_files, settings_for_t2
+
+    assert Settings().atlas_labels == "fused"
+    t2_settings = settings_for_t2(Settings())
+    assert t2_settings.atlas_labels == "samseg" and t2_settings.atlas_syn_metric == "mattes"
+    fused, samseg = atlas_files("fused")[1], atlas_files("samseg")[1]
+    assert fused.is_file() and samseg.is_file() and fused != samseg
+    # The fused map's hippocampi and pallida are smaller than SAMSEG's (the SynthSeg maps' convention).
+    import nibabel as nib
+
+    f, s = (np.asarray(nib.load(str(p)).dataobj) for p in (fused, samseg))
+    for codes in ((17, 53), (13, 52)):
+        assert np.isin(f, codes).sum() < 0.95 * np.isin(s, codes).sum()
+
+
+def test_unknown_atlas_labels_are_refused():
+    with pytest.raises(ValueError, match="atlas_labels"):
+        Settings(atlas_labels="aseg")

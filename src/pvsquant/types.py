@@ -15,6 +15,9 @@ import numpy as np
 
 from .labels import REGION_CODES  # (re-exported: types used to define it)
 
+ATLAS_LABELS = ("fused", "samseg")
+"""The shipped template's label maps (``Settings.atlas_labels``)."""
+
 
 @dataclass(frozen=True)
 class Volume:
@@ -271,6 +274,10 @@ class Settings:
     """Voxel size of the isotropic grid on which the atlas is registered."""
     atlas_syn_metric: str = "CC"
     """ANTs SyN similarity: 'mattes' (mutual information) or 'CC' (cross-correlation, radius 2)."""
+    atlas_labels: str = "fused"
+    """Labels of the template: 'fused' (subcortical structures by majority vote of ten SynthSeg maps;
+    T1s) or 'samseg' (SAMSEG's own; what ``pvsquant run --t2`` alone uses, see
+    :func:`pvsquant.pipeline.anatomy.settings_for_t2`)."""
     refine_labels: bool = True
     """Refine the atlas labels by the T1's intensities (EM with the atlas as spatial prior)."""
     seed: int = 0
@@ -352,6 +359,8 @@ class Settings:
     'no bound'. Calibrated in ``benchmarks/results_quality_gates.md``."""
 
     def __post_init__(self) -> None:
+        if self.atlas_labels not in ATLAS_LABELS:
+            raise ValueError(f"atlas_labels must be one of {', '.join(ATLAS_LABELS)}, got {self.atlas_labels!r}")
         unknown = sorted(set(self.detection_prominence) - set(REGION_CODES))
         if unknown:
             raise ValueError(f"detection_prominence: unknown region(s) {', '.join(unknown)}; "

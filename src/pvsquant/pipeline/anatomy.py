@@ -62,10 +62,11 @@ STRUCTURES = {
 }
 
 
-def atlas_files() -> tuple[Path, Path]:
-    """Paths of the shipped template T1 and its label map."""
+def atlas_files(labels: str = "fused") -> tuple[Path, Path]:
+    """Paths of the shipped template T1 and one of its label maps (``Settings.atlas_labels``)."""
     base = resources.files("pvsquant") / "data" / "atlas"
-    return Path(str(base / "template_T1w.nii.gz")), Path(str(base / "template_labels.nii.gz"))
+    name = {"fused": "template_labels.nii.gz", "samseg": "template_labels_samseg.nii.gz"}[labels]
+    return Path(str(base / "template_T1w.nii.gz")), Path(str(base / name))
 
 
 def standardise_labels(labels: np.ndarray) -> np.ndarray:
@@ -400,7 +401,7 @@ def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
 def _segment_with_atlas(t1: Volume, settings: Settings) -> Anatomy:
     import ants
 
-    template_path, labels_path = atlas_files()
+    template_path, labels_path = atlas_files(settings.atlas_labels)
     template = ants.image_read(str(template_path))
     template_labels = ants.image_read(str(labels_path))
 
@@ -502,8 +503,12 @@ def settings_for_t2(settings: Settings) -> Settings:
     image (EM from the registered atlas), not assumed to be a T1's. On the three shared clinical
     T2s, refining raised the Dice of the T2-only regions with the T1+T2 ones from 0.63/0.58/0.65 to
     0.78/0.71/0.82 (centrum semiovale) and from 0.77/0.74/0.63 to 0.80/0.74/0.68 (hippocampi);
-    basal ganglia and midbrain within 0.02 (``benchmarks/results_t2_only.md``)."""
-    return dataclasses.replace(settings, atlas_syn_metric="mattes")
+    basal ganglia and midbrain within 0.02 (``benchmarks/results_t2_only.md``).
+
+    The template keeps SAMSEG's labels here: the labels fused from SynthSeg maps, better on painted
+    T1s, were worse on painted T2s (``benchmarks/segmentation.py --contrast t2``, same images and
+    registrations: caudate 0.499 -> 0.456, pallidum 0.445 -> 0.280, hippocampus 0.333 -> 0.306)."""
+    return dataclasses.replace(settings, atlas_syn_metric="mattes", atlas_labels="samseg")
 
 
 def segment_anatomy(t1: Volume, settings: Settings = Settings(), labels: Volume | None = None) -> Anatomy:
