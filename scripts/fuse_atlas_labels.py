@@ -22,7 +22,7 @@ The maps are ``training_seg_11`` ... ``training_seg_20`` of github.com/BBillot/S
     python scripts/fuse_atlas_labels.py --maps DIR_WITH_MAPS_11_20 [--work DIR]
 
 It reads ``template_labels_samseg.nii.gz`` (the label map ``scripts/make_atlas.py`` writes: SAMSEG's
-codes, midbrain split off; shipped too, for T2-only runs) and writes ``template_labels.nii.gz``.
+codes, midbrain split off; shipped too, as `Settings.atlas_labels = "samseg"`) and writes ``template_labels.nii.gz``.
 About 6 minutes per map on one thread of a 2-core VM.
 """
 from __future__ import annotations

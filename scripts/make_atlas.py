@@ -7,7 +7,7 @@
        samseg-env/bin/run_samseg -i mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz -o samseg_mni --threads 2
 2. Run this script to turn SAMSEG's few WM-hypointensity voxels into white matter, split the
    midbrain (173) off the brainstem (16) and write template_T1w.nii.gz +
-   template_labels_samseg.nii.gz (both on the template grid; the labels ``pvsquant run --t2`` uses):
+   template_labels_samseg.nii.gz (both on the template grid; ``Settings.atlas_labels = "samseg"``):
        python scripts/make_atlas.py --template mni_..._brain.nii.gz --samseg samseg_mni/seg.mgz
 3. Relabel the subcortical structures by majority vote of ten SynthSeg label maps
    (``scripts/fuse_atlas_labels.py``, reads step 2's map, writes template_labels.nii.gz).

@@ -211,12 +211,13 @@ def test_smoothed_on_the_bounding_box_equals_the_whole_volume_filter():
     assert not an._smoothed(np.zeros_like(mask), sigma).any()
 
 
-def test_t1_uses_the_fused_labels_and_t2_alone_samsegs():
+def test_both_paths_use_the_fused_labels_unless_told_otherwise():
     from pvsquant.pipeline.anatomy import atlas_files, settings_for_t2
 
     assert Settings().atlas_labels == "fused"
     t2_settings = settings_for_t2(Settings())
-    assert t2_settings.atlas_labels == "samseg" and t2_settings.atlas_syn_metric == "mattes"
+    assert t2_settings.atlas_labels == "fused" and t2_settings.atlas_syn_metric == "mattes"
+    assert settings_for_t2(Settings(atlas_labels="samseg")).atlas_labels == "samseg"
     fused, samseg = atlas_files("fused")[1], atlas_files("samseg")[1]
     assert fused.is_file() and samseg.is_file() and fused != samseg
     # The fused map's hippocampi and pallida are smaller than SAMSEG's (the SynthSeg maps' convention).

@@ -275,8 +275,8 @@ class Settings:
     atlas_syn_metric: str = "CC"
     """ANTs SyN similarity: 'mattes' (mutual information) or 'CC' (cross-correlation, radius 2)."""
     atlas_labels: str = "fused"
-    """Labels of the template: 'fused' (subcortical structures by majority vote of ten SynthSeg maps;
-    T1s) or 'samseg' (SAMSEG's own; what ``pvsquant run --t2`` alone uses, see
+    """Labels of the template: 'fused' (subcortical structures by majority vote of ten SynthSeg maps)
+    or 'samseg' (SAMSEG's own; better on painted T2s, see
     :func:`pvsquant.pipeline.anatomy.settings_for_t2`)."""
     refine_labels: bool = True
     """Refine the atlas labels by the T1's intensities (EM with the atlas as spatial prior)."""

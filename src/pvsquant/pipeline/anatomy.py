@@ -505,10 +505,14 @@ def settings_for_t2(settings: Settings) -> Settings:
     0.78/0.71/0.82 (centrum semiovale) and from 0.77/0.74/0.63 to 0.80/0.74/0.68 (hippocampi);
     basal ganglia and midbrain within 0.02 (``benchmarks/results_t2_only.md``).
 
-    The template keeps SAMSEG's labels here: the labels fused from SynthSeg maps, better on painted
-    T1s, were worse on painted T2s (``benchmarks/segmentation.py --contrast t2``, same images and
-    registrations: caudate 0.499 -> 0.456, pallidum 0.445 -> 0.280, hippocampus 0.333 -> 0.306)."""
-    return dataclasses.replace(settings, atlas_syn_metric="mattes", atlas_labels="samseg")
+    The template's labels stay as set (``Settings.atlas_labels``, fused by default). SAMSEG's were
+    better on painted T2s (``benchmarks/segmentation.py --contrast t2``, same images and
+    registrations, fused -> SAMSEG: caudate 0.456 -> 0.499, pallidum 0.280 -> 0.445, hippocampus
+    0.306 -> 0.333) but made the T2-only regions of the shared clinical scans agree less with their
+    T1+T2 regions, which use the fused labels (Dice centrum semiovale 0.789 -> 0.686, basal ganglia
+    0.882 -> 0.870, hippocampi 0.701 -> 0.684, midbrain 0.852 -> 0.820; the caudate's top, which
+    places the centrum semiovale's slab, follows the atlas's convention), so both paths share one."""
+    return dataclasses.replace(settings, atlas_syn_metric="mattes")
 
 
 def segment_anatomy(t1: Volume, settings: Settings = Settings(), labels: Volume | None = None) -> Anatomy:
