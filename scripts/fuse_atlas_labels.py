@@ -35,17 +35,31 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pvsquant.labels import CORTEX_CODES, CSF_CODES, DEEP_GM_CODES, MIDBRAIN, WM_CODES
+from pvsquant.labels import (
+    AMYGDALA,
+    BRAINSTEM,
+    CAUDATE,
+    CORTEX_CODES,
+    CSF_CODES,
+    DEEP_GM_CODES,
+    HIPPOCAMPUS,
+    LATERAL_VENTRICLE,
+    MIDBRAIN,
+    PALLIDUM,
+    PUTAMEN,
+    THALAMUS,
+    WM_CODES,
+)
 from pvsquant.pipeline.anatomy import atlas_files, split_midbrain
 from pvsquant.types import Settings, Volume
 
 ATLAS = Path(__file__).resolve().parents[1] / "src" / "pvsquant" / "data" / "atlas"
 OUT = ATLAS / "template_labels.nii.gz"
-SUBCORTICAL = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60, 4, 43, 5, 44, 14, 15)
-"""Codes whose extent the vote decides (thalamus, caudate, putamen, pallidum, hippocampus, amygdala,
-accumbens, ventral diencephalon, lateral, inferior lateral, third and fourth ventricles)."""
-DEEP_STRUCTURES = (11, 50, 12, 51, 13, 52, 10, 49, 17, 53, 18, 54)
-"""Caudate, putamen, pallidum, thalamus, hippocampus, amygdala (left, right): grown to their mean volume."""
+DEEP_STRUCTURES = (*CAUDATE, *PUTAMEN, *PALLIDUM, *THALAMUS, *HIPPOCAMPUS, *AMYGDALA)
+"""Grown back to their mean volume, in this order (a structure grown first keeps its voxels)."""
+SUBCORTICAL = (*DEEP_STRUCTURES, 26, 58, 28, 60, *LATERAL_VENTRICLE, 5, 44, 14, 15)
+"""Codes whose extent the vote decides: the deep structures, accumbens, ventral diencephalon, lateral,
+inferior lateral, third and fourth ventricles."""
 GRID_MM = 1.5
 
 
@@ -60,17 +74,19 @@ def mean_t1(code: int) -> float:
         return gm
     if code in DEEP_GM_CODES:
         return gm * 1.06
-    if code in (13, 52, 16):  # pallidum, brainstem
+    if code in (*PALLIDUM, BRAINSTEM):
         return gm + 0.65 * (wm - gm)
-    if code in (10, 49):  # thalamus
+    if code in THALAMUS:
         return gm + 0.42 * (wm - gm)
     if code in CSF_CODES:
         return csf
     return gm
 
 
-def map_on_template(path: Path, template_path: Path, work: Path) -> np.ndarray:
-    """One SynthSeg map's labels carried onto the template grid (extra-cerebral codes removed)."""
+def map_on_template(path: Path, template, work: Path) -> np.ndarray:
+    """One SynthSeg map's labels carried onto the template grid (extra-cerebral codes removed).
+
+    ``template``: the template T1 as an ANTs image (the labels' grid; registered on a GRID_MM copy)."""
     import ants
 
     name = path.name.removesuffix(".nii.gz")
@@ -83,12 +99,11 @@ def map_on_template(path: Path, template_path: Path, work: Path) -> np.ndarray:
     painted, labels = work / f"{name}_t1.nii.gz", work / f"{name}_labels.nii.gz"
     nib.save(nib.Nifti1Image(lut[lab], img.affine), str(painted))
     nib.save(nib.Nifti1Image(np.where(lab >= 500, 0, lab).astype(np.float32), img.affine), str(labels))
-    fixed_full = ants.image_read(str(template_path))
-    fixed = ants.resample_image(fixed_full, (GRID_MM,) * 3, use_voxels=False, interp_type=0)
+    fixed = ants.resample_image(template, (GRID_MM,) * 3, use_voxels=False, interp_type=0)
     moving = ants.resample_image(ants.image_read(str(painted)), (GRID_MM,) * 3, use_voxels=False, interp_type=0)
     reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN", syn_metric="CC", syn_sampling=2,
                             reg_iterations=(40, 30, 10), outprefix=str(work / f"{name}_"))
-    warped = ants.apply_transforms(fixed=fixed_full, moving=ants.image_read(str(labels)),
+    warped = ants.apply_transforms(fixed=template, moving=ants.image_read(str(labels)),
                                    transformlist=reg["fwdtransforms"], interpolator="genericLabel")
     ants.image_write(warped, str(cached))
     return np.asarray(warped.numpy()).astype(np.int32)
@@ -98,7 +113,7 @@ def majority_vote(maps: list[np.ndarray]) -> np.ndarray:
     """The most frequent code per voxel (ties: the smaller code)."""
     best = np.zeros(maps[0].shape, np.int32)
     best_n = np.zeros(maps[0].shape, np.int16)
-    for code in np.unique(np.stack(maps)):
+    for code in np.unique(np.concatenate([np.unique(m) for m in maps])):
         n = sum((m == code).astype(np.int16) for m in maps)
         better = n > best_n
         best[better] = code
@@ -128,7 +143,7 @@ def fuse(samseg: np.ndarray, maps: list[np.ndarray], affine: np.ndarray) -> np.n
     """SAMSEG's labels with the vote's subcortical structures (see the module docstring)."""
     vote = majority_vote(maps)
     fused = samseg.copy()
-    fused[fused == MIDBRAIN] = 16
+    fused[fused == MIDBRAIN] = BRAINSTEM
     take = (samseg > 0) & (vote > 0) & (np.isin(vote, SUBCORTICAL) | np.isin(samseg, SUBCORTICAL))
     fused[take] = vote[take]
     fused = grow_to_mean_volume(fused, maps, samseg > 0)
@@ -148,7 +163,9 @@ def main() -> None:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise SystemExit(f"{args.maps}: missing {', '.join(missing)}")
-    template_path, _ = atlas_files()
+    import ants
+
+    template = ants.image_read(str(atlas_files()[0]))
     seg = nib.load(str(args.samseg_labels))
     samseg = np.asarray(seg.dataobj).astype(np.int32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,11 +174,11 @@ def main() -> None:
         maps = []
         for f in files:
             tic = time.perf_counter()
-            maps.append(map_on_template(f, template_path, work))
+            maps.append(map_on_template(f, template, work))
             print(f"{f.name}: registered in {time.perf_counter() - tic:.0f} s", flush=True)
     fused = fuse(samseg, maps, seg.affine)
     nib.save(nib.Nifti1Image(fused.astype(np.uint16), seg.affine), str(args.out))
-    for name, codes in (("caudate", (11, 50)), ("pallidum", (13, 52)), ("hippocampus", (17, 53))):
+    for name, codes in (("caudate", CAUDATE), ("pallidum", PALLIDUM), ("hippocampus", HIPPOCAMPUS)):
         before, after = np.isin(samseg, codes).sum() / 1000, np.isin(fused, codes).sum() / 1000
         print(f"{name}: SAMSEG {before:.1f} ml -> fused {after:.1f} ml")
 

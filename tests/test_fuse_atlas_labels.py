@@ -1,20 +1,13 @@
 """scripts/fuse_atlas_labels.py: the vote, the growth back to the maps' mean volume, the fused map."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuse_atlas_labels.py"
+from .script_module import load_script
 
 
 def _fuse_module():
-    spec = importlib.util.spec_from_file_location("fuse_atlas_labels", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fuse_atlas_labels")
 
 
 def test_majority_vote_takes_the_most_frequent_code():

@@ -1,20 +1,15 @@
 """scripts/ship_models.py: a shipped run adds its row to the model card and keeps the card's text."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ship_models.py"
+from .script_module import load_script
 
 
 def _ship_models():
-    spec = importlib.util.spec_from_file_location("ship_models", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ship_models")
 
 
 CARD = """# Card

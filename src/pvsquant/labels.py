@@ -28,6 +28,9 @@ MIDBRAIN = 173
 WM_LESION = 77
 """FreeSurfer 'WM-hypointensities', used for white-matter lesions."""
 
+ATLAS_LABEL_FILES: dict[str, str] = {"fused": "template_labels.nii.gz", "samseg": "template_labels_samseg.nii.gz"}
+"""The shipped template's label maps (``Settings.atlas_labels`` -> file in ``pvsquant/data/atlas``)."""
+
 # --- groups of aseg codes by tissue, for painting synthetic images from label maps ---
 CSF_CODES = (4, 5, 14, 15, 24, 43, 44, 72)
 WM_CODES = (2, 41, 7, 46, 28, 60, 85)

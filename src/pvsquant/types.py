@@ -13,10 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import REGION_CODES  # (re-exported: types used to define it)
-
-ATLAS_LABELS = ("fused", "samseg")
-"""The shipped template's label maps (``Settings.atlas_labels``)."""
+from .labels import ATLAS_LABEL_FILES, REGION_CODES  # REGION_CODES re-exported: types used to define it
 
 
 @dataclass(frozen=True)
@@ -359,8 +356,8 @@ class Settings:
     'no bound'. Calibrated in ``benchmarks/results_quality_gates.md``."""
 
     def __post_init__(self) -> None:
-        if self.atlas_labels not in ATLAS_LABELS:
-            raise ValueError(f"atlas_labels must be one of {', '.join(ATLAS_LABELS)}, got {self.atlas_labels!r}")
+        if self.atlas_labels not in ATLAS_LABEL_FILES:
+            raise ValueError(f"atlas_labels must be one of {', '.join(ATLAS_LABEL_FILES)}, got {self.atlas_labels!r}")
         unknown = sorted(set(self.detection_prominence) - set(REGION_CODES))
         if unknown:
             raise ValueError(f"detection_prominence: unknown region(s) {', '.join(unknown)}; "

@@ -36,6 +36,7 @@ from scipy import ndimage
 from ..errors import DependencyError, InputImageError, SegmentationError
 from ..grids import bounding_box, resample, resample_labels, reslice_affine, world_coordinates
 from ..labels import (
+    ATLAS_LABEL_FILES,
     BRAINSTEM,
     CAUDATE,
     CORTEX,
@@ -65,8 +66,7 @@ STRUCTURES = {
 def atlas_files(labels: str = "fused") -> tuple[Path, Path]:
     """Paths of the shipped template T1 and one of its label maps (``Settings.atlas_labels``)."""
     base = resources.files("pvsquant") / "data" / "atlas"
-    name = {"fused": "template_labels.nii.gz", "samseg": "template_labels_samseg.nii.gz"}[labels]
-    return Path(str(base / "template_T1w.nii.gz")), Path(str(base / name))
+    return Path(str(base / "template_T1w.nii.gz")), Path(str(base / ATLAS_LABEL_FILES[labels]))
 
 
 def standardise_labels(labels: np.ndarray) -> np.ndarray:
