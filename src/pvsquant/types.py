@@ -83,13 +83,18 @@ class Anatomy:
     """Anatomical labels (FreeSurfer codes) on the T1 grid.
 
     ``superior_axis`` is the head's superior direction as a unit vector in T1 world
-    coordinates (from the atlas registration, or world +S when unknown).
+    coordinates (from the atlas registration, or world +S when unknown). The atlas method can
+    keep what its refinements started from (``segment_with_atlas(keep_inputs=True)``):
+    ``atlas_labels`` (the template's labels as registered, standardised) and ``corrected``
+    (the bias-corrected T1).
     """
 
     labels: Volume
     method: str
     superior_axis: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
     brain_mask: Volume | None = None
+    atlas_labels: Volume | None = None
+    corrected: Volume | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,9 @@ class Settings:
     :func:`pvsquant.pipeline.anatomy.settings_for_t2`)."""
     refine_labels: bool = True
     """Refine the atlas labels by the T1's intensities (EM with the atlas as spatial prior)."""
+    refine_subcortical: bool = True
+    """After that, relabel the voxels near the deep grey nuclei and hippocampi with the learned voxel
+    classifier of :mod:`pvsquant.pipeline.subcortical` (trained on painted T1s; off for T2-only runs)."""
     seed: int = 0
     deterministic: bool = True
     """Bit-identical results from run to run (one machine, one set of wheels): the mutual-information

@@ -50,6 +50,7 @@ from ..labels import (
     WM_LESION,
 )
 from ..types import Anatomy, Settings, Volume
+from . import subcortical
 
 log = logging.getLogger(__name__)
 
@@ -392,16 +393,24 @@ def brain_grid(t1: Volume, mask: Volume, spacing_mm: float, margin_mm: float = B
     return cropped, tuple(int(n) for n in stop - start)
 
 
-def segment_with_atlas(t1: Volume, settings: Settings = Settings()) -> Anatomy:
-    """Register the shipped labelled template to the T1, carry its labels over, refine them."""
+def segment_with_atlas(t1: Volume, settings: Settings = Settings(), template_labels: Path | None = None,
+                       keep_inputs: bool = False) -> Anatomy:
+    """Register the shipped labelled template to the T1, carry its labels over, refine them.
+
+    ``template_labels``: another label map of the template than the shipped one
+    (``Settings.atlas_labels``), e.g. a leave-one-out vote to train the subcortical refiner;
+    ``keep_inputs``: keep the refinements' inputs in the result (``Anatomy.atlas_labels``,
+    ``Anatomy.corrected``; two more T1-sized volumes, so off in runs)."""
     with ants_itk_threads(ants_threads(settings)):
-        return _segment_with_atlas(t1, settings)
+        return _segment_with_atlas(t1, settings, template_labels, keep_inputs)
 
 
-def _segment_with_atlas(t1: Volume, settings: Settings) -> Anatomy:
+def _segment_with_atlas(t1: Volume, settings: Settings, template_labels: Path | None, keep_inputs: bool
+                        ) -> Anatomy:
     import ants
 
     template_path, labels_path = atlas_files(settings.atlas_labels)
+    labels_path = template_labels or labels_path
     template = ants.image_read(str(template_path))
     template_labels = ants.image_read(str(labels_path))
 
@@ -448,15 +457,24 @@ def _segment_with_atlas(t1: Volume, settings: Settings) -> Anatomy:
     log.debug("atlas registration (ANTs SyN): %.1f s", time.perf_counter() - tic)
 
     tic = time.perf_counter()
+    atlas_labels = standardise_labels(labels.array) * mask.array
+    bias_native = resample(bias_work, t1.affine, t1.shape, order=1, cval=1.0).array
+    corrected = t1.with_array(t1.array / np.maximum(bias_native, 1e-3))
     if settings.refine_labels:
-        bias_native = resample(bias_work, t1.affine, t1.shape, order=1, cval=1.0).array
-        corrected = t1.with_array(t1.array / np.maximum(bias_native, 1e-3))
         labels = refine_labels(corrected, labels, mask.array)
         log.debug("intensity refinement: %.1f s", time.perf_counter() - tic)
     array = labels.array
     array[~mask.array] = 0
-    anatomy_volume = t1.with_array(standardise_labels(array))
-    return Anatomy(labels=anatomy_volume, method="atlas", superior_axis=superior, brain_mask=mask)
+    array = standardise_labels(array)
+    if settings.refine_labels and settings.refine_subcortical:
+        tic = time.perf_counter()
+        array = subcortical.refine(corrected, atlas_labels, array, mask.array, subcortical.load_refiner())
+        log.debug("learned subcortical refinement: %.1f s", time.perf_counter() - tic)
+    anatomy_volume = t1.with_array(array)
+    anatomy = Anatomy(labels=anatomy_volume, method="atlas", superior_axis=superior, brain_mask=mask)
+    if keep_inputs:
+        anatomy = dataclasses.replace(anatomy, atlas_labels=t1.with_array(atlas_labels), corrected=corrected)
+    return anatomy
 
 
 def _superior_axis(subject_to_template: np.ndarray) -> np.ndarray:
@@ -512,7 +530,7 @@ def settings_for_t2(settings: Settings) -> Settings:
     T1+T2 regions, which use the fused labels (Dice centrum semiovale 0.789 -> 0.686, basal ganglia
     0.882 -> 0.870, hippocampi 0.701 -> 0.684, midbrain 0.852 -> 0.820; the caudate's top, which
     places the centrum semiovale's slab, follows the atlas's convention), so both paths share one."""
-    return dataclasses.replace(settings, atlas_syn_metric="mattes")
+    return dataclasses.replace(settings, atlas_syn_metric="mattes", refine_subcortical=False)
 
 
 def segment_anatomy(t1: Volume, settings: Settings = Settings(), labels: Volume | None = None) -> Anatomy:
