@@ -13,11 +13,16 @@ onto the template):
 2. Training: the MLP of :mod:`pvsquant.pipeline.subcortical` on every relabelled voxel of
    every case, cross-entropy against the map's own labels, fixed recipe and seed.
 
-    python scripts/train_subcortical_refiner.py --maps DIR --work DIR --cases DIR [--paintings 3]
+``--contrast t2`` paints T2s instead and labels them as a T2-only run does (the atlas registered
+by mutual information): the weights ``subcortical_refiner_t2.pt`` that T2-only runs use (keep
+its cases in another folder).
+
+    python scripts/train_subcortical_refiner.py --maps DIR --work DIR --cases DIR [--paintings 3] [--contrast t2]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -29,7 +34,7 @@ import torch
 
 from pvsquant.grids import resample_labels
 from pvsquant.io import load_volume
-from pvsquant.learning.synthesis import acquire, clinical_grid, paint_t1
+from pvsquant.learning.synthesis import acquire, clinical_grid, paint_t1, paint_t2
 from pvsquant.pipeline import anatomy as an
 from pvsquant.pipeline import subcortical as sc
 from pvsquant.types import Settings, Volume
@@ -61,16 +66,18 @@ def leave_one_out_labels(left_out: int, work: Path, cases: Path) -> Path:
     return out
 
 
-def make_case(map_path: Path, template_labels: Path, seed: int, out: Path) -> None:
-    """Paint one map as a clinical T1, label it with the atlas stage, keep the refiner's inputs."""
+def make_case(map_path: Path, template_labels: Path, seed: int, out: Path, contrast: str = "t1") -> None:
+    """Paint one map as a clinical T1 (or T2), label it with the atlas stage as a run labels such an
+    image, keep the refiner's inputs."""
     rng = np.random.default_rng(seed)
     labels = load_volume(map_path, "label map", labels=True)
-    painted = paint_t1(labels, rng)
+    painted = paint_t1(labels, rng) if contrast == "t1" else paint_t2(labels, rng)
     affine, shape, _ = clinical_grid(labels, rng, in_plane_mm=(0.6, 0.9), slice_mm=(3.0, 6.0))
     t1 = acquire(painted, affine, shape, rng)
     truth = resample_labels(labels.with_array(an.standardise_labels(labels.array)), affine, shape).array
-    result = an.segment_with_atlas(t1, Settings(refine_subcortical=False), template_labels=template_labels,
-                                   keep_inputs=True)
+    settings = Settings() if contrast == "t1" else an.settings_for_t2(Settings())
+    settings = dataclasses.replace(settings, subcortical_refiner="none")
+    result = an.segment_with_atlas(t1, settings, template_labels=template_labels, keep_inputs=True)
     assert result.atlas_labels is not None and result.corrected is not None and result.brain_mask is not None
     np.savez_compressed(out, image=result.corrected.array, affine=t1.affine, atlas=result.atlas_labels.array,
                         labels=result.labels.array, mask=result.brain_mask.array, truth=truth)
@@ -116,9 +123,11 @@ def main() -> None:
     parser.add_argument("--work", required=True, type=Path, help="fuse_atlas_labels.py's --work folder")
     parser.add_argument("--cases", required=True, type=Path, help="folder for the painted cases (kept)")
     parser.add_argument("--paintings", type=int, default=3)
+    parser.add_argument("--contrast", choices=["t1", "t2"], default="t1", help="paint T1s (default) or T2s")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=sc.weights_path())
+    parser.add_argument("--out", type=Path, help="weights file (default: the shipped one of --contrast)")
     args = parser.parse_args()
+    args.out = args.out or sc.weights_path(args.contrast)
     torch.set_num_threads(args.threads)
     args.cases.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -128,7 +137,7 @@ def main() -> None:
             if not path.is_file():
                 tic = time.perf_counter()
                 make_case(args.maps / f"training_seg_{j}.nii.gz", leave_one_out_labels(j, args.work, args.cases),
-                          1000 + 100 * painting + j, path)
+                          1000 + 100 * painting + j, path, args.contrast)
                 print(f"{path.name}: {time.perf_counter() - tic:.0f} s", flush=True)
             paths.append(path)
     voxels = [case_voxels(p) for p in paths]
@@ -138,9 +147,9 @@ def main() -> None:
     tic = time.perf_counter()
     model, losses = train(x, y)
     torch.save(model.state_dict(), args.out)
-    log = {"cases": [p.name for p in paths], "voxels": len(x), "epochs": EPOCHS, "batch": BATCH,
-           "learning_rate": LEARNING_RATE, "loss": losses, "minutes": (time.perf_counter() - tic) / 60}
-    args.out.with_name("subcortical_refiner_log.json").write_text(json.dumps(log, indent=1))
+    log = {"contrast": args.contrast, "cases": [p.name for p in paths], "voxels": len(x), "epochs": EPOCHS,
+           "batch": BATCH, "learning_rate": LEARNING_RATE, "loss": losses, "minutes": (time.perf_counter() - tic) / 60}
+    args.out.with_name(f"{args.out.stem}_log.json").write_text(json.dumps(log, indent=1))
     print(f"wrote {args.out}")
 
 

@@ -79,6 +79,14 @@ def test_t2_only_settings_keep_the_refinement():
     assert an.settings_for_t2(Settings()).atlas_syn_metric == "mattes"
 
 
+def test_t2_only_settings_take_the_t2_refiner_unless_it_is_off():
+    assert Settings().subcortical_refiner == "t1"
+    assert an.settings_for_t2(Settings()).subcortical_refiner == "t2"
+    assert an.settings_for_t2(Settings(subcortical_refiner="none")).subcortical_refiner == "none"
+    with pytest.raises(ValueError, match="subcortical_refiner"):
+        Settings(subcortical_refiner="flair")
+
+
 def test_refinement_shrinks_deep_structure_into_fluid_only():
     shape = (40, 40, 40)
     image = np.full(shape, 0.85, np.float32)  # white matter

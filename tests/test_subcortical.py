@@ -73,8 +73,9 @@ def test_other_keeps_codes_that_are_already_other():
     assert (out[np.isin(labels, (12, 51))] == 0).all()
 
 
-def test_shipped_weights_load_and_missing_weights_say_so(tmp_path):
-    model = sc.load_refiner()
+@pytest.mark.parametrize("contrast", ["t1", "t2"])
+def test_shipped_weights_load_and_missing_weights_say_so(tmp_path, contrast):
+    model = sc.load_refiner(contrast)
     assert sum(p.numel() for p in model.parameters()) > 1000
     with pytest.raises(DependencyError, match="subcortical refiner"):
-        sc.load_refiner(tmp_path / "none.pt")
+        sc.load_refiner(path=tmp_path / "none.pt")

@@ -282,9 +282,10 @@ class Settings:
     :func:`pvsquant.pipeline.anatomy.settings_for_t2`)."""
     refine_labels: bool = True
     """Refine the atlas labels by the T1's intensities (EM with the atlas as spatial prior)."""
-    refine_subcortical: bool = True
-    """After that, relabel the voxels near the deep grey nuclei and hippocampi with the learned voxel
-    classifier of :mod:`pvsquant.pipeline.subcortical` (trained on painted T1s; off for T2-only runs)."""
+    subcortical_refiner: str = "t1"
+    """After that, relabel the voxels near the deep grey nuclei and hippocampi with a learned voxel
+    classifier (:mod:`pvsquant.pipeline.subcortical`): 't1' (trained on painted T1s, default), 't2'
+    (on painted T2s; see :func:`pvsquant.pipeline.anatomy.settings_for_t2`) or 'none'."""
     seed: int = 0
     deterministic: bool = True
     """Bit-identical results from run to run (one machine, one set of wheels): the mutual-information
@@ -364,6 +365,8 @@ class Settings:
     'no bound'. Calibrated in ``benchmarks/results_quality_gates.md``."""
 
     def __post_init__(self) -> None:
+        if self.subcortical_refiner not in ("t1", "t2", "none"):
+            raise ValueError(f"subcortical_refiner must be 't1', 't2' or 'none', got {self.subcortical_refiner!r}")
         if self.atlas_labels not in ATLAS_LABEL_FILES:
             raise ValueError(f"atlas_labels must be one of {', '.join(ATLAS_LABEL_FILES)}, got {self.atlas_labels!r}")
         unknown = sorted(set(self.detection_prominence) - set(REGION_CODES))

@@ -466,9 +466,10 @@ def _segment_with_atlas(t1: Volume, settings: Settings, template_labels: Path | 
     array = labels.array
     array[~mask.array] = 0
     array = standardise_labels(array)
-    if settings.refine_labels and settings.refine_subcortical:
+    if settings.refine_labels and settings.subcortical_refiner != "none":
         tic = time.perf_counter()
-        array = subcortical.refine(corrected, atlas_labels, array, mask.array, subcortical.load_refiner())
+        refiner = subcortical.load_refiner(settings.subcortical_refiner)
+        array = subcortical.refine(corrected, atlas_labels, array, mask.array, refiner)
         log.debug("learned subcortical refinement: %.1f s", time.perf_counter() - tic)
     anatomy_volume = t1.with_array(array)
     anatomy = Anatomy(labels=anatomy_volume, method="atlas", superior_axis=superior, brain_mask=mask)
@@ -529,8 +530,13 @@ def settings_for_t2(settings: Settings) -> Settings:
     0.306 -> 0.333) but made the T2-only regions of the shared clinical scans agree less with their
     T1+T2 regions, which use the fused labels (Dice centrum semiovale 0.789 -> 0.686, basal ganglia
     0.882 -> 0.870, hippocampi 0.701 -> 0.684, midbrain 0.852 -> 0.820; the caudate's top, which
-    places the centrum semiovale's slab, follows the atlas's convention), so both paths share one."""
-    return dataclasses.replace(settings, atlas_syn_metric="mattes", refine_subcortical=False)
+    places the centrum semiovale's slab, follows the atlas's convention), so both paths share one.
+
+    The learned subcortical refinement takes the weights trained on painted T2s
+    (``subcortical_refiner = "t2"``): on the painted T2s (same images) Dice caudate 0.456 -> 0.601,
+    pallidum 0.280 -> 0.477, hippocampus 0.306 -> 0.477 against no learned refinement."""
+    return dataclasses.replace(settings, atlas_syn_metric="mattes",
+                               subcortical_refiner="none" if settings.subcortical_refiner == "none" else "t2")
 
 
 def segment_anatomy(t1: Volume, settings: Settings = Settings(), labels: Volume | None = None) -> Anatomy:

@@ -46,7 +46,8 @@ ATLAS_SIGMAS_MM = (1.5, 4.0)
 LABEL_SIGMA_MM = 0.75
 DISTANCE_CLIP_MM = 8.0
 N_FEATURES = 5 + 6 + len(ATLAS_SIGMAS_MM) * len(CLASSES) + len(CLASSES) + len(DEEP) + 2
-WEIGHTS = "subcortical_refiner.pt"
+WEIGHTS = {"t1": "subcortical_refiner.pt", "t2": "subcortical_refiner_t2.pt"}
+"""Weights per contrast of the image the atlas was registered to (``Settings.subcortical_refiner``)."""
 
 
 def distance_map_mm(array: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -167,16 +168,17 @@ def refine(image: Volume, atlas: np.ndarray, labels: np.ndarray, mask: np.ndarra
     return out
 
 
-def weights_path() -> Path:
-    return Path(str(resources.files("pvsquant") / "data" / "atlas" / WEIGHTS))
+def weights_path(contrast: str = "t1") -> Path:
+    """The shipped weights for images of ``contrast`` ('t1' or 't2')."""
+    return Path(str(resources.files("pvsquant") / "data" / "atlas" / WEIGHTS[contrast]))
 
 
-def load_refiner(path: Path | None = None) -> SubcorticalRefiner:
-    """The shipped refiner (or the weights at ``path``)."""
-    path = path or weights_path()
+def load_refiner(contrast: str = "t1", path: Path | None = None) -> SubcorticalRefiner:
+    """The shipped refiner for ``contrast`` (or the weights at ``path``)."""
+    path = path or weights_path(contrast)
     if not path.is_file():
         raise DependencyError(f"{path}: weights of the subcortical refiner missing (a broken install?); "
-                              "reinstall pvsquant, or run with refine_subcortical off")
+                              "reinstall pvsquant, or run with subcortical_refiner 'none'")
     model = SubcorticalRefiner()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
