@@ -79,3 +79,13 @@ def test_shipped_weights_load_and_missing_weights_say_so(tmp_path, contrast):
     assert sum(p.numel() for p in model.parameters()) > 1000
     with pytest.raises(DependencyError, match="subcortical refiner"):
         sc.load_refiner(path=tmp_path / "none.pt")
+
+
+def test_labels_without_deep_structures_come_back_unchanged():
+    """A failed registration can leave no deep structure near the brain: nothing to relabel."""
+    image, labels = _scene()
+    labels[np.isin(labels, (12, 51))] = 2
+    x, _, _ = sc.features(image, labels, labels, np.ones(labels.shape, bool))
+    assert x.shape == (0, sc.N_FEATURES)
+    out = sc.refine(image, labels, labels, np.ones(labels.shape, bool), _constant_model(7))
+    np.testing.assert_array_equal(out, labels)

@@ -457,16 +457,22 @@ def _segment_with_atlas(t1: Volume, settings: Settings, template_labels: Path | 
     log.debug("atlas registration (ANTs SyN): %.1f s", time.perf_counter() - tic)
 
     tic = time.perf_counter()
-    atlas_labels = standardise_labels(labels.array) * mask.array
-    bias_native = resample(bias_work, t1.affine, t1.shape, order=1, cval=1.0).array
-    corrected = t1.with_array(t1.array / np.maximum(bias_native, 1e-3))
+    learned = settings.refine_labels and settings.subcortical_refiner != "none"
+    # What the refinements start from, made only where something reads it.
+    atlas_labels = standardise_labels(labels.array) * mask.array if learned or keep_inputs else None
+    corrected = None
+    if settings.refine_labels or keep_inputs:
+        bias_native = resample(bias_work, t1.affine, t1.shape, order=1, cval=1.0).array
+        corrected = t1.with_array(t1.array / np.maximum(bias_native, 1e-3))
     if settings.refine_labels:
+        assert corrected is not None
         labels = refine_labels(corrected, labels, mask.array)
         log.debug("intensity refinement: %.1f s", time.perf_counter() - tic)
     array = labels.array
     array[~mask.array] = 0
     array = standardise_labels(array)
-    if settings.refine_labels and settings.subcortical_refiner != "none":
+    if learned:
+        assert corrected is not None and atlas_labels is not None
         tic = time.perf_counter()
         refiner = subcortical.load_refiner(settings.subcortical_refiner)
         array = subcortical.refine(corrected, atlas_labels, array, mask.array, refiner)
@@ -474,6 +480,7 @@ def _segment_with_atlas(t1: Volume, settings: Settings, template_labels: Path | 
     anatomy_volume = t1.with_array(array)
     anatomy = Anatomy(labels=anatomy_volume, method="atlas", superior_axis=superior, brain_mask=mask)
     if keep_inputs:
+        assert atlas_labels is not None
         anatomy = dataclasses.replace(anatomy, atlas_labels=t1.with_array(atlas_labels), corrected=corrected)
     return anatomy
 

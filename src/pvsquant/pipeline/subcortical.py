@@ -74,10 +74,13 @@ def features(image: Volume, atlas: np.ndarray, labels: np.ndarray, mask: np.ndar
 
     ``atlas``: the warped template labels, ``labels``: the refined, standardised labels, both on
     ``image``'s grid. Returns (features [n, N_FEATURES] float32, the box, the voxels in the box
-    to relabel)."""
+    to relabel; no rows where neither map has a deep structure, e.g. after a failed registration)."""
     spacing = np.asarray(image.spacing_mm, float)
     atlas_cls, label_cls = class_map(atlas), class_map(labels)
     deep_any = np.isin(atlas_cls, DEEP) | np.isin(label_cls, DEEP)
+    if not deep_any.any():
+        return np.empty((0, N_FEATURES), np.float32), tuple(slice(0, 0) for _ in labels.shape), \
+            np.zeros((0,) * labels.ndim, bool)
     box = bounding_box(deep_any, np.ceil(BOX_MARGIN_MM / spacing).astype(int))
     a, lab, m = atlas_cls[box], label_cls[box], mask[box]
     img = image.array[box].astype(np.float32)
