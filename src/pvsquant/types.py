@@ -227,6 +227,31 @@ class LesionSettings:
                              "flair_min_volume_mm3 non-negative")
 
 
+@dataclass(frozen=True)
+class CsfSettings:
+    """CSF spaces next to the regions kept out of the count (:mod:`pvsquant.pipeline.csf`). Intensities are
+    ratios of the T2 to its white-matter median, as for the lesions."""
+
+    enabled: bool = True
+    """False: nothing is taken out (qc.json's csf says enabled false)."""
+    fraction: float = 0.5
+    """A voxel is CSF-bright above ``1 + fraction * (CSF level - 1)``: half-way from white matter to the
+    lateral ventricles' median."""
+    ball_diameter_mm: float = 4.0
+    """Bright voxels holding a ball of this diameter are a CSF body (third ventricle, cistern, temporal horn);
+    PVS are <= 3 mm wide (as ``LesionSettings.ball_diameter_mm``)."""
+    margin_mm: float = 1.5
+    """The bodies, grown by this margin (their partial-volume rim at thick slices), are removed from the regions.
+    Chosen on the shipped example (``docs/csf_exclusion_example.png``): 1.0 mm left the detections beside the
+    third ventricle in."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"csf fraction must lie between 0 and 1, got {self.fraction}")
+        if self.ball_diameter_mm <= 0 or self.margin_mm < 0:
+            raise ValueError("csf ball_diameter_mm must be positive and margin_mm non-negative")
+
+
 def default_qc_limits() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
     """The quality gates' ranges (pass, warn); see ``Settings.qc_limits``."""
     no = 1e9
@@ -329,6 +354,8 @@ class Settings:
     unmasked crop. Weights of pvsquant 0.1 (two channels) use the same with ``fill_outside=True``."""
     lesions: LesionSettings = field(default_factory=LesionSettings)
     """White-matter lesions and lacunes (T2-bright, not thin tubes) removed from the counting regions."""
+    csf: CsfSettings = field(default_factory=CsfSettings)
+    """CSF spaces the labels miss (third ventricle, cisterns, temporal horns) removed from the counting regions."""
     detection_level: float = 3e-3
     """Detected PVS: components of the GP-Unet attention map above this level (PVS per voxel) ..."""
     detection_min_mass: float = 0.15

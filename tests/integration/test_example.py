@@ -83,6 +83,15 @@ def test_demo_outputs(demo_out, example):
     qc = json.loads((demo_out / "qc.json").read_text())
     for name, (lo, hi) in EXPECTED_VOLUME_ML.items():
         assert lo <= qc["regions"]["volumes_ml"][name] <= hi, name
+    # The CSF next to the basal ganglia and hippocampi (third ventricle, temporal horns) is taken out of
+    # them, a small part of each (the example: 2.8 of 47.8 ml, 1.3 of 9.0 ml); the centrum semiovale keeps
+    # nearly all (no wide fluid inside the white matter).
+    csf = qc["csf"]
+    assert csf["enabled"] and csf["csf_to_wm_ratio"] > 2.0
+    for name in ("basal_ganglia", "hippocampi"):
+        whole = qc["regions"]["volumes_ml"][name] + csf["excluded_ml"][name]
+        assert 0.01 * whole < csf["excluded_ml"][name] < 0.25 * whole, name
+    assert csf["excluded_ml"]["centrum_semiovale"] < 0.01 * qc["regions"]["volumes_ml"]["centrum_semiovale"]
     assert qc["registration"]["mattes_mi"] < -0.6
     assert qc["registration"]["translation_mm"] < 3
     # head's superior axis from the atlas is close to the scanner's

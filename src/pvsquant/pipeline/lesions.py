@@ -78,7 +78,7 @@ def register_flair(flair: Volume, t2: Volume, settings: Settings = Settings()) -
     return register_t1_to_t2(flair, t2, settings)
 
 
-def _ratio_image(volume: Volume, affine: np.ndarray, shape: tuple[int, ...], wm: np.ndarray,
+def ratio_image(volume: Volume, affine: np.ndarray, shape: tuple[int, ...], wm: np.ndarray,
                  to_source: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """``volume`` on the grid, divided by its median over ``wm`` (inside its field of view)."""
     image = np.clip(resample(volume, affine, shape, order=1, target_to_source_world=to_source).array, 0, None)
@@ -142,11 +142,11 @@ def segment_lesions(t2: Volume, anatomy: Anatomy, transform: RigidTransform, reg
     if not wm.any():
         flags.append(QCFlag("lesions_no_white_matter", "no white-matter label on the T2: lesions not searched"))
         return Lesions(regions.work.with_array(np.zeros(shape, bool)), "none", {}, flags=tuple(flags))
-    t2_ratio, t2_ref = _ratio_image(t2, affine, shape, wm)
+    t2_ratio, t2_ref = ratio_image(t2, affine, shape, wm)
     references = {"t2": t2_ref}
     t1_ratio = None
     if t1 is not None:
-        t1_ratio, references["t1"] = _ratio_image(t1, affine, shape, wm, transform.t2_to_t1)
+        t1_ratio, references["t1"] = ratio_image(t1, affine, shape, wm, transform.t2_to_t1)
     csf = np.isin(labels, fs.CSF_CODES)
     tissue = np.isin(labels, LESION_TISSUE)
     where = dilate_ball(tissue, NEXT_TO_MM, spacing) & ~csf
@@ -160,7 +160,7 @@ def segment_lesions(t2: Volume, anatomy: Anatomy, transform: RigidTransform, reg
         if -flair_transform.score < limit:
             flags.append(QCFlag("flair_registration_poor", f"FLAIR-T2 mutual information {-flair_transform.score:.2f}"
                                 f" is below {limit:g}; check lesions.nii.gz on the T2"))
-        flair_ratio, references["flair"] = _ratio_image(flair, affine, shape, wm, flair_transform.t2_to_t1)
+        flair_ratio, references["flair"] = ratio_image(flair, affine, shape, wm, flair_transform.t2_to_t1)
         mask |= flair_rule(flair_ratio, t2_ratio, where, spacing, s)
         method = "flair+" + method
     return Lesions(regions.work.with_array(mask), method, references, flair_transform, tuple(flags))

@@ -3,7 +3,8 @@
 Stages (each its own module, data flowing one way):
 load/check (io) -> rigid T1->T2 (registration) -> labels on the T1 (anatomy)
 -> counting regions on the T2 (regions) -> white-matter lesions and lacunes taken out of them
-(lesions; with a FLAIR when given) -> network inputs (roi) -> outputs + qc.json.
+(lesions; with a FLAIR when given) -> CSF spaces next to them taken out too (csf) -> network inputs
+(roi) -> outputs + qc.json.
 Everything is written into a temporary folder that replaces ``out_dir`` only when the
 whole run succeeded.
 """
@@ -32,6 +33,7 @@ from ..reporting.report import write_report
 from ..types import REGION_CODES, Anatomy, QCFlag, RegionCrop, RigidTransform, Settings, SubjectInputs, Volume
 from .anatomy import segment_anatomy, settings_for_t2, structure_volumes_ml
 from .counting import count_region, load_models, primary_counts, save_count_outputs
+from .csf import CsfSpaces, csf_record, exclude_csf, find_csf_spaces
 from .lesions import (
     Lesions,
     exclude_lesions,
@@ -145,6 +147,9 @@ class PreparedSubject:
     lesions: Lesions | None = None
     excluded_ml: dict[str, float] = field(default_factory=dict)
     """Volume (ml) each region lost to the lesions."""
+    csf: CsfSpaces | None = None
+    csf_excluded_ml: dict[str, float] = field(default_factory=dict)
+    """Volume (ml) each region lost to the CSF spaces next to it."""
 
 
 def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer) -> PreparedSubject:
@@ -221,8 +226,18 @@ def prepare_subject(inputs: SubjectInputs, settings: Settings, timer: StageTimer
                      ", ".join(f"{k} {v:.2f} ml" for k, v in excluded_ml.items()))
     elif flair is not None:
         log.warning("a FLAIR was given but the lesion stage is off (settings lesions.enabled): it is not used")
+    csf: CsfSpaces | None = None
+    csf_excluded_ml: dict[str, float] = {}
+    if settings.csf.enabled:
+        with timer.stage("csf", "CSF spaces next to the regions (third ventricle, cisterns, temporal horns), "
+                         "taken out of them"):
+            csf = find_csf_spaces(t2, anatomy, transform, regions, settings)
+            regions, csf_excluded_ml = exclude_csf(regions, csf)
+            flags.extend(csf.flags)
+            log.info("  CSF / white matter %.2f on the T2; excluded %s", csf.csf_level,
+                     ", ".join(f"{k} {v:.2f} ml" for k, v in csf_excluded_ml.items()))
     return PreparedSubject(inputs, t1, t2, overlap, flags, checks, models, transform, anatomy, regions, lesions,
-                           excluded_ml)
+                           excluded_ml, csf, csf_excluded_ml)
 
 
 def log_checks(checks: list[QCCheck]) -> None:
@@ -362,6 +377,7 @@ def quantify_subject(
         },
         "lesions": {"method": "off"} if prep.lesions is None else lesion_record(prep.lesions, prep.excluded_ml,
                                                                                   settings),
+        "csf": {"enabled": False} if prep.csf is None else csf_record(prep.csf, prep.csf_excluded_ml, settings),
         "roi": roi_info,
         "counts": count_rows,
         "primary_counts": primary_counts(count_rows),

@@ -175,6 +175,22 @@ def lesion_table(qc: dict[str, Any]) -> str:
             "of the counting regions: they are T2-bright like PVS and would be counted as PVS.</p>")
 
 
+def csf_table(qc: dict[str, Any]) -> str:
+    """The volume each counting region lost to the CSF spaces next to it (qc.json "csf")."""
+    csf = qc.get("csf")
+    if not csf:
+        return ""
+    if not csf.get("enabled"):
+        return "<p class='note' id='csf'>CSF next to the regions: stage switched off; nothing excluded.</p>"
+    rows = "".join(f"<tr><td>{_esc(k.replace('_', ' '))}</td><td class='num'>{v:.2f}</td></tr>"
+                   for k, v in csf.get("excluded_ml", {}).items())
+    return (f"<table id='csf'><tr><th>CSF next to the regions</th><td>CSF / white matter on the T2: "
+            f"{_fmt(csf.get('csf_to_wm_ratio'), 2)}</td></tr><tr><th>region</th><th>excluded (ml)</th></tr>{rows}"
+            f"</table><p class='note'>The third ventricle, cisterns and temporal horns (T2-bright, wider than a "
+            f"{csf.get('ball_diameter_mm', 0):g} mm ball) and the ventricles, grown by {csf.get('margin_mm', 0):g} mm, "
+            "are left out of the counting regions: their rim is as bright as a PVS at thick slices.</p>")
+
+
 def build_report(out_dir: Path) -> str:
     """The HTML text of ``out_dir``'s report."""
     qc = json.loads((out_dir / "qc.json").read_text())
@@ -210,6 +226,7 @@ def build_report(out_dir: Path) -> str:
         )
         + "</table>",
         lesion_table(qc),
+        csf_table(qc),
         "<h2>Figures</h2>",
     ]
     for name, caption in FIGURES:
