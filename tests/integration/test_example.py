@@ -84,7 +84,7 @@ def test_demo_outputs(demo_out, example):
     for name, (lo, hi) in EXPECTED_VOLUME_ML.items():
         assert lo <= qc["regions"]["volumes_ml"][name] <= hi, name
     # The CSF next to the basal ganglia and hippocampi (third ventricle, temporal horns) is taken out of
-    # them, a small part of each (the example: 2.8 of 47.8 ml, 1.3 of 9.0 ml); the centrum semiovale keeps
+    # them, a small part of each (the example: 2.8 of 47.8 ml, 1.2 of 9.0 ml); the centrum semiovale keeps
     # nearly all (no wide fluid inside the white matter).
     csf = qc["csf"]
     assert csf["enabled"] and csf["csf_to_wm_ratio"] > 2.0
