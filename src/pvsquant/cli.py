@@ -35,8 +35,9 @@ def _is_demo_output(path: Path) -> bool:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settings", type=Path, metavar="FILE",
-                   help="settings.json of an earlier run (or a JSON object with the settings to change): "
-                        "reproduces that run; the options below override it")
+                   help="settings.json of an earlier run, which reproduces that run, or a JSON file holding only "
+                        "the settings to change, e.g. {\"csf\": {\"enabled\": false}}; the options below "
+                        "override it")
     p.add_argument("--segmenter", choices=["atlas", "samseg"],
                    help="how to label the T1: shipped atlas registered with ANTs (default, ~1 min) or "
                         "FreeSurfer's SAMSEG (external run_samseg, ~5 min)")
