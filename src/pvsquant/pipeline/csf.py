@@ -26,7 +26,6 @@ Settings in :class:`~pvsquant.types.CsfSettings`; their effect on the counts is 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +33,9 @@ import numpy as np
 
 from .. import labels as fs
 from ..grids import dilate_ball, erode_ball, resample_labels
-from ..types import REGION_CODES, Anatomy, QCFlag, RigidTransform, Settings, Volume
+from ..types import Anatomy, QCFlag, RigidTransform, Settings, Volume
 from .lesions import ratio_image
-from .regions import Regions
+from .regions import Regions, remove_from_regions
 
 
 @dataclass(frozen=True)
@@ -87,18 +86,7 @@ def find_csf_spaces(t2: Volume, anatomy: Anatomy, transform: RigidTransform, reg
 def exclude_csf(regions: Regions, csf: CsfSpaces) -> tuple[Regions, dict[str, float]]:
     """The regions without the CSF zone, and the volume (ml) each region lost; ``volumes_ml`` of
     the result are the volumes counted in."""
-    work = regions.work
-    vox_ml = abs(float(np.linalg.det(work.affine[:3, :3]))) / 1000.0
-    zone = csf.zone.array
-    if zone.shape != work.shape or not np.allclose(csf.zone.affine, work.affine):
-        raise ValueError("the CSF zone is not on the regions' working grid")
-    if not zone.any():
-        return regions, {name: 0.0 for name in REGION_CODES}
-    array = work.array.copy()
-    lost = {name: float(((array == code) & zone).sum() * vox_ml) for name, code in REGION_CODES.items()}
-    array[zone] = 0
-    volumes = {name: float((array == code).sum() * vox_ml) for name, code in REGION_CODES.items()}
-    return dataclasses.replace(regions, work=work.with_array(array), volumes_ml=volumes), lost
+    return remove_from_regions(regions, csf.zone, "CSF zone")
 
 
 def csf_record(csf: CsfSpaces, excluded_ml: dict[str, float], settings: Settings = Settings()) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from scipy import ndimage
 from .. import labels as fs
 from ..grids import dilate_ball, erode_ball, resample, resample_labels
 from ..types import REGION_CODES, Anatomy, LesionSettings, QCFlag, RigidTransform, Settings, Volume
-from .regions import Regions
+from .regions import Regions, remove_from_regions
 from .registration import register_t1_to_t2
 
 LESION_TISSUE = (*fs.WM, fs.WM_LESION, *fs.CAUDATE, *fs.PUTAMEN, *fs.PALLIDUM, *fs.THALAMUS, fs.BRAINSTEM,
@@ -170,18 +170,13 @@ def exclude_lesions(regions: Regions, lesions: Lesions, settings: Settings = Set
                     ) -> tuple[Regions, dict[str, float]]:
     """The regions without the lesions dilated by ``settings.lesions.margin_mm``, and the volume (ml)
     each region lost. ``volumes_ml`` of the result are the volumes counted in."""
-    work = regions.work
-    vox_ml = abs(float(np.linalg.det(work.affine[:3, :3]))) / 1000.0
     if not lesions.mask.array.any():
         return regions, {name: 0.0 for name in REGION_CODES}
+    work = regions.work
     if lesions.mask.shape != work.shape or not np.allclose(lesions.mask.affine, work.affine):
         raise ValueError("the lesion mask is not on the regions' working grid")
     excluded = dilate_ball(lesions.mask.array, settings.lesions.margin_mm, work.spacing_mm)
-    array = work.array.copy()
-    lost = {name: float(((array == code) & excluded).sum() * vox_ml) for name, code in REGION_CODES.items()}
-    array[excluded] = 0
-    volumes = {name: float((array == code).sum() * vox_ml) for name, code in REGION_CODES.items()}
-    return dataclasses.replace(regions, work=work.with_array(array), volumes_ml=volumes), lost
+    return remove_from_regions(regions, work.with_array(excluded), "lesion mask")
 
 
 def lesions_into_anatomy(anatomy: Anatomy, lesions: Lesions, transform: RigidTransform) -> Anatomy:

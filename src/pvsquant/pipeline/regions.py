@@ -19,6 +19,7 @@ Definitions (codes of ``regions.nii.gz``)
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,3 +163,20 @@ def regions_on_grid(regions: Regions, affine: np.ndarray, shape: tuple[int, ...]
     """Region codes (nearest neighbour) on another grid of the T2 world, e.g. the T2 itself."""
     out = resample(regions.work, affine, shape, order=0)
     return out.with_array(out.array.astype(np.uint8))
+
+
+def remove_from_regions(regions: Regions, mask: Volume, what: str) -> tuple[Regions, dict[str, float]]:
+    """The regions without ``mask``'s voxels (on their working grid), and the volume (ml) each region
+    lost; ``volumes_ml`` of the result are the volumes counted in. ``what`` names the mask in the error."""
+    work = regions.work
+    if mask.shape != work.shape or not np.allclose(mask.affine, work.affine):
+        raise ValueError(f"the {what} is not on the regions' working grid")
+    removed = mask.array.astype(bool, copy=False)
+    if not removed.any():
+        return regions, {name: 0.0 for name in REGION_CODES}
+    vox_ml = work.voxel_volume_ml
+    array = work.array.copy()
+    lost = {name: float(((array == code) & removed).sum() * vox_ml) for name, code in REGION_CODES.items()}
+    array[removed] = 0
+    volumes = {name: float((array == code).sum() * vox_ml) for name, code in REGION_CODES.items()}
+    return dataclasses.replace(regions, work=work.with_array(array), volumes_ml=volumes), lost
