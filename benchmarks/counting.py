@@ -28,7 +28,9 @@ slices; never used in training, which is synthetic only):
    positive mass over the region grown by 1 mm (where the count is summed) that lies in that
    1 mm rim outside the region.
 6. Scan-rescan: patient01 study1 vs study2 (one patient, two protocols): |difference| / mean of
-   the clean counts per region and model.
+   the clean counts per region and model; on the native slices (4.0 and 3.3 mm), and with the
+   thinner scan's slices matched to the thicker's (``Settings.match_slice_thickness_mm``, what
+   a cohort of mixed protocols is run with).
 
 The preparation of each scan (registration, anatomy, regions) is cached in
 benchmarks/_work/ (delete it to recompute). Writes benchmarks/results_counting.md,
@@ -49,6 +51,7 @@ from pvsquant.learning.synthesis import tube_occupancy
 from pvsquant.pipeline.counting import count_region, load_models
 from pvsquant.pipeline.roi import count_mask, crop_regions
 from pvsquant.pipeline.run import StageTimer, prepare_subject
+from pvsquant.pipeline.slices import match_slice_thickness
 from pvsquant.reporting.figures import plot_attention
 from pvsquant.types import REGION_CODES, Settings, SubjectInputs, Volume
 
@@ -122,6 +125,16 @@ def count_all(t2: Volume, case: dict, models: dict, settings: Settings, regions:
             for name, crop in crops.items()}, crops
 
 
+def slice_thickness(t2: Volume) -> float:
+    return match_slice_thickness(t2, None).native_mm
+
+
+def relative_differences(a: dict, b: dict) -> dict:
+    """Per region and model: |a - b| / mean(a, b)."""
+    return {region: {m: round(abs(a[region][m] - b[region][m]) / max((a[region][m] + b[region][m]) / 2, 1e-6), 3)
+                     for m in ("gpunet", "cnn", "frangi")} for region in a}
+
+
 def segment_distance(points: np.ndarray, tube) -> np.ndarray:
     a, b = tube.ends
     ab = b - a
@@ -181,7 +194,7 @@ def main() -> None:
     regions = tuple(args.regions)
     settings = Settings(models_dir=str(args.models) if args.models else None)
     models = load_models(settings.models_dir, settings.threads)
-    rows, clean_counts, clean_placement, timings = [], {}, {}, []
+    rows, clean_counts, clean_placement, timings, cases = [], {}, {}, [], {}
     start = time.perf_counter()
     for patient, study in SCANS[: args.scans]:
         scan = f"{patient}_{study}"
@@ -191,6 +204,7 @@ def main() -> None:
             continue
         print(f"[{time.perf_counter() - start:6.0f} s] {scan}: registration, anatomy, regions", flush=True)
         case = prepare(t1p, t2p, settings)
+        cases[scan] = case
         clean, crops = count_all(case["t2"], case, models, settings, regions)
         clean_counts[scan] = {r: res.counts for r, res in clean.items()}
         clean_placement[scan] = {r: placement(crops[r], res) for r, res in clean.items()}
@@ -252,14 +266,19 @@ def main() -> None:
             "edge_enrichment": round(near / dets / edge_volume, 2) if dets else None,
             "edge_volume_fraction": round(edge_volume, 3),
             "rim_mass_fraction": round(sum(p["rim_mass"] for p in per) / max(sum(p["mass"] for p in per), 1e-6), 3)}
-    rescan = {}
-    if {"patient01_study1", "patient01_study2"} <= set(clean_counts):
-        a, b = clean_counts["patient01_study1"], clean_counts["patient01_study2"]
-        for region in a:
-            rescan[region] = {
-                m: round(abs(a[region][m] - b[region][m]) / max((a[region][m] + b[region][m]) / 2, 1e-6), 3)
-                for m in ("gpunet", "cnn", "frangi")
-            }
+    pair = ("patient01_study1", "patient01_study2")
+    rescan, rescan_matched, matched_counts = {}, {}, {}
+    if set(pair) <= set(clean_counts):
+        rescan = relative_differences(*(clean_counts[s] for s in pair))
+        thickest = max(slice_thickness(cases[s]["t2"]) for s in pair)
+        for scan in pair:
+            matched = match_slice_thickness(cases[scan]["t2"], thickest)
+            counted = count_all(matched.t2, cases[scan], models, settings, regions)[0] if matched.applied else None
+            matched_counts[scan] = {r: res.counts for r, res in counted.items()} if counted else clean_counts[scan]
+        rescan_matched = {"slice_mm": thickest, "counts": matched_counts,
+                          "difference": relative_differences(*(matched_counts[s] for s in pair))}
+        print(f"[{time.perf_counter() - start:6.0f} s] scan-rescan with slices matched to {thickest:.2f} mm: "
+              + ", ".join(f"{r} {d['gpunet']:.0%}" for r, d in rescan_matched["difference"].items()), flush=True)
     network_s = {m: round(float(np.mean([t[m] for t in timings])), 3) for m in ("gpunet", "cnn", "frangi")}
     network_max = {m: round(float(np.max([t[m] for t in timings])), 3) for m in ("gpunet", "cnn", "frangi")}
     result = {
@@ -267,6 +286,7 @@ def main() -> None:
         "clean_counts": clean_counts,
         "clean_placement": clean_placement,
         "scan_rescan": rescan,
+        "scan_rescan_matched_slices": rescan_matched,
         "seconds_per_region_mean": network_s,
         "seconds_per_region_max": network_max,
         "rows": rows,
@@ -349,6 +369,22 @@ def write_markdown(result: dict, results_dir: Path = HERE) -> None:
         ]
         for region, d in result["scan_rescan"].items():
             lines.append(f"| {region} | {d['gpunet']:.0%} | {d['cnn']:.0%} | {d['frangi']:.0%} |")
+    matched = result.get("scan_rescan_matched_slices")
+    if matched:
+        lines += [
+            "",
+            f"The same with both scans' slices matched to {matched['slice_mm']:.1f} mm (the thinner scan averaged "
+            "along its slices, `Settings.match_slice_thickness_mm`): |difference| / mean, and the counts "
+            "(study1 / study2).",
+            "",
+            "| region | gpunet | cnn | frangi | gpunet counts | cnn counts | frangi counts |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        c1, c2 = (matched["counts"][s] for s in ("patient01_study1", "patient01_study2"))
+        for region, d in matched["difference"].items():
+            lines.append(f"| {region} | {d['gpunet']:.0%} | {d['cnn']:.0%} | {d['frangi']:.0%} | "
+                         + " | ".join(f"{c1[region][m]:.1f} / {c2[region][m]:.1f}" for m in ("gpunet", "cnn", "frangi"))
+                         + " |")
     lines += [
         "",
         "Absolute counts on the clean scans:",

@@ -93,8 +93,10 @@ def test_output_folder_rules(tmp_path):
             check_output_dir(bids, bad)
 
 
-def fake_run_folder(folder: Path, status: str = "pass", counts: dict | None = None) -> Path:
-    """What pvsquant run leaves, small: every file the export maps, with plausible contents."""
+def fake_run_folder(folder: Path, status: str = "pass", counts: dict | None = None,
+                    slices: dict | None = None) -> Path:
+    """What pvsquant run leaves, small: every file the export maps, with plausible contents
+    (``slices``: qc.json's inputs/slices)."""
     folder.mkdir(parents=True)
     counts = counts or {r: 3.0 + i for i, r in enumerate(REGION_CODES)}
     rows = [{"region": r, "model": m, "count": c if m == "gpunet" else c + 1}
@@ -104,6 +106,8 @@ def fake_run_folder(folder: Path, status: str = "pass", counts: dict | None = No
           "regions": {"volumes_ml": {r: 10.0 for r in counts}},
           "flags": [{"code": "x", "message": "T2 cut above the ventricles", "severity": "fail"}]
           if status == "fail" else []}
+    if slices is not None:
+        qc["inputs"] = {"slices": slices}
     (folder / "qc.json").write_text(json.dumps(qc))
     (folder / "counts.tsv").write_text("region\tmodel\tcount\n" + "".join(
         f"{r['region']}\t{r['model']}\t{r['count']}\n" for r in rows))
@@ -192,9 +196,11 @@ def test_group_level_tables_failed_subjects_and_page(tmp_path):
     out = tmp_path / "out"
     write_description(out)
     runs = out / "sourcedata" / "pvsquant_runs"
-    fake_run_folder(runs / "sub-01", counts={r: 5.0 for r in REGION_CODES})
-    fake_run_folder(runs / "sub-02_ses-1", status="fail")
-    fake_run_folder(runs / "sub-02_ses-2", status="warn")
+    fake_run_folder(runs / "sub-01", counts={r: 5.0 for r in REGION_CODES},
+                    slices={"target_mm": None, "native_mm": 3.3, "slice_axis": 2, "applied": False})
+    fake_run_folder(runs / "sub-02_ses-1", status="fail")  # a run of pvsquant <= 0.2: no slices record
+    fake_run_folder(runs / "sub-02_ses-2", status="warn",
+                    slices={"target_mm": None, "native_mm": 4.0, "slice_axis": 2, "applied": False})
     for key in ("sub-01", "sub-02_ses-1", "sub-02_ses-2"):
         record_path(out, key).parent.mkdir(parents=True, exist_ok=True)
         record_path(out, key).write_text("{}")
@@ -204,9 +210,9 @@ def test_group_level_tables_failed_subjects_and_page(tmp_path):
     result = group_level(bids, out)
     table = (out / "group_counts.tsv").read_text().splitlines()
     assert table[0].split("\t") == ["subject", "session", "region", "model", "count", "primary",
-                                    "region_volume_ml", "qc_status", "anatomy_from", "scanner"]
+                                    "region_volume_ml", "qc_status", "anatomy_from", "scanner", "t2_slice_mm"]
     assert len(table) == 1 + 3 * 4 * 3
-    assert "sub-01\t\tcentrum_semiovale\tgpunet\t5\tyes\t10\tpass\tT1\tPhilips Ingenia 1.5T" in table
+    assert "sub-01\t\tcentrum_semiovale\tgpunet\t5\tyes\t10\tpass\tT1\tPhilips Ingenia 1.5T\t3.3" in table
     failed = {(f["subject"], f["session"]): f for f in result["failed"]}
     assert failed[("sub-02", "1")]["reason"] == "qc fail"
     assert "above the ventricles" in failed[("sub-02", "1")]["detail"]
@@ -217,6 +223,8 @@ def test_group_level_tables_failed_subjects_and_page(tmp_path):
     dom = rendered_dom(page, tmp_path)
     assert "PVS cohort report" in dom and "sub-02" in dom and "qc warn" in dom
     assert "3 subject(s) left out of the group statistics" in dom
+    # 3.3 and 4.0 mm slices: the page says the counts are not comparable and how to match them
+    assert "slices of 3.3 to 4 mm" in dom and "--match-slice-thickness 4" in dom
     assert not_blank(screenshot(page, tmp_path / "group.png", height=1200)) > 0.05
 
 
@@ -291,3 +299,17 @@ def test_sources_of_symlinked_images_stay_in_the_dataset(tmp_path):
     link.symlink_to(outside)
     assert _bids_uri(link, bids) == "bids:raw:sub-01/anat/sub-01_T2w.nii.gz"
     assert _bids_uri(outside, bids) == str(outside)
+
+
+def test_counted_slice_thickness_and_the_mixed_protocol_warning():
+    from pvsquant.cohort.bidsapp import counted_slice_mm
+    from pvsquant.cohort.group_report import mixed_slices_message
+
+    matched = {"inputs": {"slices": {"target_mm": 4.0, "native_mm": 3.3, "applied": True}}}
+    assert counted_slice_mm(matched) == 4.0
+    assert counted_slice_mm({"inputs": {"slices": {"target_mm": 4.0, "native_mm": 5.0, "applied": False}}}) == 5.0
+    assert counted_slice_mm({"inputs": {"t2": {"spacing_mm": [0.5, 0.5, 3.0]}}}) == 3.0  # before the record
+    assert counted_slice_mm({}) is None
+    assert mixed_slices_message([{"t2_slice_mm": 4.0}, {"t2_slice_mm": 4.1}, {"t2_slice_mm": None}]) is None
+    message = mixed_slices_message([{"t2_slice_mm": 3.3}, {"t2_slice_mm": 5.0}])
+    assert message is not None and "--match-slice-thickness 5" in message

@@ -189,11 +189,22 @@ def test_run_reproduces_a_settings_file_and_options_override_it(phantom_case, tm
     settings.write_text(json.dumps({"cso_offset_mm": 12.0, "threads": 1, "detection_min_mass": 0.2}))
     out = tmp_path / "out"
     assert main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(out),
-                 "--settings", str(settings), "--threads", "2"]) == 0
+                 "--settings", str(settings), "--threads", "2", "--match-slice-thickness", "6"]) == 0
     saved = json.loads((out / "settings.json").read_text())
     assert saved["cso_offset_mm"] == 12.0 and saved["detection_min_mass"] == 0.2
     assert saved["threads"] == 2  # the command line wins over the file
+    assert saved["match_slice_thickness_mm"] == 6.0
     assert Settings.from_json(out / "settings.json").cso_offset_mm == 12.0
+    slices = json.loads((out / "qc.json").read_text())["inputs"]["slices"]
+    assert slices == {"target_mm": 6.0, "native_mm": 4.0, "slice_axis": 2, "applied": True}  # the phantom's 4 mm
+
+
+def test_a_bad_slice_thickness_option_exits_nonzero_and_writes_nothing(phantom_case, tmp_path, caplog):
+    t1, t2, aseg = phantom_case
+    out = tmp_path / "out"
+    assert main(["run", "--t1", str(t1), "--t2", str(t2), "--labels", str(aseg), "--out", str(out),
+                 "--match-slice-thickness", "-3"]) == 1
+    assert not out.exists() and "match_slice_thickness_mm must be a slice thickness" in caplog.text
 
 
 def test_t2_only_run(phantom_case, tmp_path):
@@ -240,3 +251,18 @@ def test_run_with_a_dicom_study_of_several_series_lists_them(tmp_path, caplog):
     assert main(["run", "--t2", str(tmp_path / "study"), "--out", str(tmp_path / "out")]) == 1
     assert "series 3 'T1_SE'" in caplog.text and "series 5 'T2_TSE'" in caplog.text and "--t2-series" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_settings_given_inline_as_a_json_object(tmp_path, caplog):
+    from pvsquant.cli import build_parser, settings_from_args
+
+    args = build_parser().parse_args(["run", "--t2", "t2.nii.gz", "--out", str(tmp_path / "o"),
+                                      "--settings", '{"csf": {"enabled": false}, "models_dir": "/a//b"}'])
+    settings = settings_from_args(args)
+    assert settings.csf.enabled is False and settings.models_dir == "/a//b"  # the string as given
+    assert settings.lesions == Settings().lesions  # only what it names changes
+    out = tmp_path / "out"
+    assert main(["run", "--t2", "t2.nii.gz", "--out", str(out), "--settings", '{"csf": {"enabled": fals}}']) == 1
+    assert "is not a readable JSON object" in caplog.text and not out.exists()
+    assert main(["run", "--t2", "t2.nii.gz", "--out", str(out), "--settings", '{"csf": 3}']) == 1
+    assert "csf must be an object" in caplog.text

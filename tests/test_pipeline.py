@@ -65,6 +65,12 @@ def test_thick_slices_give_a_flag_not_an_error(tmp_path):
     codes = [f["code"] for f in result.qc["flags"]]
     assert "thick_slices_t2" in codes and "thick_slices_t1" in codes
     assert result.qc["status"] == "warn"
+    assert result.qc["inputs"]["slices"] == {"target_mm": None, "native_mm": 7.0, "slice_axis": 2, "applied": False}
+    # a cohort matched to 5 mm slices: this T2 cannot be made thinner, and says so
+    matched = run_subject(SubjectInputs(*paths), tmp_path / "matched", Settings(match_slice_thickness_mm=5.0))
+    assert "slices_thicker_than_matched" in [f["code"] for f in matched.qc["flags"]]
+    assert matched.qc["inputs"]["slices"]["applied"] is False
+    assert matched.qc["counts"] == result.qc["counts"]  # counted on the same, unchanged T2
 
 
 def test_poor_registration_is_flagged(phantom_volumes):

@@ -48,6 +48,15 @@ def test_report_marks_a_synthetic_case(run_output, tmp_path):
     assert "id='synthetic'" in text and "12 PVS injected" in text
 
 
+def test_report_says_when_the_slices_were_matched(run_output, tmp_path):
+    qc = json.loads((run_output / "qc.json").read_text())
+    assert "slices counted" not in write_report(run_output).read_text()  # native slices: nothing to say
+    qc["inputs"]["slices"] = {"target_mm": 5.0, "native_mm": 4.0, "slice_axis": 2, "applied": True}
+    (tmp_path / "qc.json").write_text(json.dumps(qc))
+    text = write_report(tmp_path).read_text()
+    assert "slices counted" in text and "5 mm: the T2 averaged along its 4 mm slices" in text
+
+
 def test_report_in_headless_chromium(run_output, tmp_path):
     """Chromium renders the pipeline's own report: not blank, images drawn, counts table in the DOM."""
     image = screenshot(run_output / "report.html", tmp_path / "report.png", height=3000)

@@ -34,29 +34,52 @@ def _is_demo_output(path: Path) -> bool:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--settings", type=Path, metavar="FILE",
-                   help="settings.json of an earlier run, which reproduces that run, or a JSON file holding only "
-                        "the settings to change, e.g. {\"csf\": {\"enabled\": false}}; the options below "
-                        "override it")
+    p.add_argument("--settings", metavar="FILE|JSON",
+                   help="settings.json of an earlier run, which reproduces that run, or a JSON file or inline "
+                        "JSON object holding only the settings to change, e.g. '{\"csf\": {\"enabled\": false}}'; "
+                        "the options below override it")
     p.add_argument("--segmenter", choices=["atlas", "samseg"],
                    help="how to label the T1: shipped atlas registered with ANTs (default, ~1 min) or "
                         "FreeSurfer's SAMSEG (external run_samseg, ~5 min)")
     p.add_argument("--threads", type=int, help="CPU threads (default 2)")
+    p.add_argument("--match-slice-thickness", type=float, metavar="MM",
+                   help="count on the T2 averaged along its slices to look MM thick: for cohorts of mixed "
+                        "protocols, the thickest T2 slices among them (counts depend on the slice thickness; "
+                        "default: the native slices)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
 
 
+def settings_source(value: str) -> Path | dict[str, object]:
+    """``--settings``: a JSON file, or a JSON object given inline (``'{"csf": {"enabled": false}}'``)."""
+    text = value.strip()
+    if not text.startswith("{"):
+        return Path(value)
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise InputSettingsError(f"--settings {text!r} is not a readable JSON object ({exc}).") from exc
+    if not isinstance(parsed, dict):
+        raise InputSettingsError(f"--settings {text!r}: expected a JSON object of settings.")
+    return parsed
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The run's Settings: ``--settings FILE`` (or the defaults), then the options given on the command line."""
-    settings = Settings.from_json(args.settings) if args.settings else Settings()
+    settings = Settings.from_json(settings_source(args.settings)) if args.settings else Settings()
     changes: dict[str, object] = {}
     if args.segmenter is not None:
         changes["segmenter"] = args.segmenter
     if args.threads is not None:
         changes["threads"] = args.threads
+    if args.match_slice_thickness is not None:
+        changes["match_slice_thickness_mm"] = args.match_slice_thickness
     if getattr(args, "models", None):
         changes["models_dir"] = str(args.models)
-    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+    try:
+        return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InputSettingsError(f"command-line options: {exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -327,6 +327,11 @@ class Settings:
     """Voxel size of the isotropic copies of the T1 and T2 that are registered."""
     # network-input grid and regions
     target_spacing_mm: tuple[float, float, float] = (0.5, 0.5, 0.8)
+    match_slice_thickness_mm: float | None = None
+    """Cohorts of mixed protocols: the T2 the networks count on is averaged along its slices to look
+    this thick (:mod:`pvsquant.pipeline.slices`; the thickest T2 of the cohort). The counts depend on
+    the slice thickness (patient01, basal ganglia: 16.8 PVS on 3.3 mm slices, 7.5 on 4 mm, 8.7 on the
+    3.3 mm scan matched to 4 mm). None: the native slices."""
     work_spacing_mm: float = 1.0
     cso_offset_mm: float = 10.0
     cso_slab_thickness_mm: float = 20.0
@@ -394,6 +399,11 @@ class Settings:
     def __post_init__(self) -> None:
         if self.subcortical_refiner not in ("t1", "t2", "none"):
             raise ValueError(f"subcortical_refiner must be 't1', 't2' or 'none', got {self.subcortical_refiner!r}")
+        thickness = self.match_slice_thickness_mm
+        if thickness is not None and (isinstance(thickness, bool) or not isinstance(thickness, (int, float))
+                                      or not 0 < thickness <= 20):
+            raise ValueError(f"match_slice_thickness_mm must be a slice thickness in mm (0-20] or null, "
+                             f"got {self.match_slice_thickness_mm}")
         if self.atlas_labels not in ATLAS_LABEL_FILES:
             raise ValueError(f"atlas_labels must be one of {', '.join(ATLAS_LABEL_FILES)}, got {self.atlas_labels!r}")
         unknown = sorted(set(self.detection_prominence) - set(REGION_CODES))

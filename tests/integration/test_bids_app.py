@@ -107,8 +107,11 @@ def test_group_level(processed):
     table = (out / "group_counts.tsv").read_text().splitlines()
     subjects = {line.split("\t")[0] for line in table[1:]}
     assert subjects == {"sub-01", "sub-02"}
-    assert any(line.endswith("Siemens Skyra 3T") for line in table) and any(line.endswith("GE Discovery 3T")
-                                                                            for line in table)
+    header = table[0].split("\t")
+    scanners = {line.split("\t")[header.index("scanner")] for line in table[1:]}
+    assert {"Siemens Skyra 3T", "GE Discovery 3T"} <= scanners
+    slices = {line.split("\t")[header.index("t2_slice_mm")] for line in table[1:]}
+    assert slices and all(float(v) > 0 for v in slices)  # each subject's counted slice thickness
     failed = (out / "group_failed.tsv").read_text()
     assert "sub-03" in failed and "sub-04" in failed and "sub-01" not in failed
     assert (out / "group_report.html").is_file()

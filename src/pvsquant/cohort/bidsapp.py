@@ -126,7 +126,20 @@ def summary_line(outcomes: list[Outcome]) -> str:
 # ---- group level -----------------------------------------------------------------------------
 
 GROUP_COLUMNS = ("subject", "session", "region", "model", "count", "primary", "region_volume_ml", "qc_status",
-                 "anatomy_from", "scanner")
+                 "anatomy_from", "scanner", "t2_slice_mm")
+
+
+def counted_slice_mm(qc: dict[str, Any]) -> float | None:
+    """The slice thickness of the T2 a run counted on: the matched thickness where the run matched
+    it (``match_slice_thickness_mm``), else the T2's largest spacing; None where qc.json lacks both."""
+    inputs = qc.get("inputs") or {}
+    slices = inputs.get("slices") or {}
+    if slices.get("applied"):
+        return float(slices["target_mm"])
+    if slices.get("native_mm") is not None:
+        return float(slices["native_mm"])
+    spacing = (inputs.get("t2") or {}).get("spacing_mm")
+    return float(max(spacing)) if spacing else None
 
 
 def group_rows(output_dir: Path, subjects: list[BidsSubject]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -152,12 +165,13 @@ def group_rows(output_dir: Path, subjects: list[BidsSubject]) -> tuple[list[dict
             failed.append({**base, "reason": "qc fail", "detail": reasons})
         primary = {r: v.get("model") for r, v in qc.get("primary_counts", {}).items()}
         scanner = qc.get("scanner") or scanner_of(s.t2)
+        slice_mm = counted_slice_mm(qc)
         for c in qc.get("counts", []):
             rows.append({**base, "region": c["region"], "model": c["model"], "count": c["count"],
                          "primary": primary.get(c["region"]) == c["model"],
                          "region_volume_ml": qc.get("regions", {}).get("volumes_ml", {}).get(c["region"]),
                          "qc_status": qc.get("status"), "anatomy_from": qc.get("anatomy_from", "T1"),
-                         "scanner": scanner})
+                         "scanner": scanner, "t2_slice_mm": None if slice_mm is None else round(slice_mm, 2)})
     return rows, failed
 
 
@@ -165,7 +179,7 @@ def group_level(bids_dir: Path, output_dir: Path, participant_labels: list[str] 
                 session_labels: list[str] | None = None, t1_filter: dict[str, Any] | None = None,
                 t2_filter: dict[str, Any] | None = None, scores: Path | None = None) -> dict[str, Any]:
     """group_counts.tsv, group_failed.tsv, group_report.html (and group_evaluation/ with ``scores``)."""
-    from .group_report import write_group_report
+    from .group_report import mixed_slices_message, write_group_report
 
     bids_dir, output_dir = Path(bids_dir).absolute(), Path(output_dir).absolute()
     check_output_dir(bids_dir, output_dir)
@@ -175,6 +189,9 @@ def group_level(bids_dir: Path, output_dir: Path, participant_labels: list[str] 
     rows, failed = group_rows(output_dir, subjects)
     write_tsv(rows, GROUP_COLUMNS, output_dir / "group_counts.tsv")
     write_tsv(failed, ("subject", "session", "reason", "detail"), output_dir / "group_failed.tsv")
+    mixed = mixed_slices_message(rows)
+    if mixed:
+        log.warning("group: %s", mixed)
     page = write_group_report(rows, failed, len(subjects), output_dir / "group_report.html")
     result: dict[str, Any] = {"rows": rows, "failed": failed, "report": page}
     if scores is not None:

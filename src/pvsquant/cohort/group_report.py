@@ -48,6 +48,22 @@ def plot_distributions(rows: list[dict[str, Any]]) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# Counted slice thicknesses further apart than this make a cohort's counts incomparable: 3.3 vs 4.0 mm
+# halved the basal-ganglia count of one patient (benchmarks/results_counting.md).
+SLICE_MISMATCH_MM = 0.25
+
+
+def mixed_slices_message(rows: list[dict[str, Any]]) -> str | None:
+    """A warning when the subjects' T2s were counted on slices of different thickness, naming the option
+    that matches them; None when they agree (or qc.json does not say)."""
+    found = sorted({float(r["t2_slice_mm"]) for r in rows if r.get("t2_slice_mm") is not None})
+    if len(found) < 2 or found[-1] - found[0] <= SLICE_MISMATCH_MM:
+        return None
+    return (f"the T2s were counted on slices of {found[0]:g} to {found[-1]:g} mm: PVS counts depend on the "
+            "slice thickness, so these subjects are not comparable as they are; run the participant level "
+            f"again with --match-slice-thickness {found[-1]:g} (column t2_slice_mm of group_counts.tsv)")
+
+
 def write_group_report(rows: list[dict[str, Any]], failed: list[dict[str, Any]], n_subjects: int,
                        path: Path) -> Path:
     """The cohort page, written atomically."""
@@ -67,9 +83,12 @@ def write_group_report(rows: list[dict[str, Any]], failed: list[dict[str, Any]],
     flagged = [*failed, *({"subject": s, "session": ses, "reason": "qc warn", "detail": "see the subject's report"}
                           for (s, ses), st in sorted(status.items()) if st == "warn")]
     banner = ""
+    mixed = mixed_slices_message(rows)
+    if mixed:
+        banner += f"<div class='banner warn'>Mixed protocols: {html.escape(mixed)}</div>"
     if failed:
         names = ", ".join(f["subject"] + (" " + f["session"] if f["session"] else "") for f in failed)
-        banner = (f"<div class='banner failed'>{len(failed)} subject(s) left out of the group statistics: "
+        banner += (f"<div class='banner failed'>{len(failed)} subject(s) left out of the group statistics: "
                   f"{html.escape(names)}</div>")
     page = "\n".join([
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>PVS cohort report</title>"

@@ -213,19 +213,27 @@ def detect_pvs(attention: np.ndarray, region: np.ndarray, level: float = Setting
     return labels, found
 
 
-def _support_box(mask: np.ndarray, margin: int = 6, multiple: int = 4) -> tuple[slice, ...]:
-    """Bounding box of the smoothed mask's support, with a margin, sized to a multiple of ``multiple``."""
-    support = bounding_box(mask > 1e-2, np.full(mask.ndim, margin))
+# Voxels of context around the counting mask that the networks see (2 mm in-plane, 3.2 mm across
+# slices on the 0.5 x 0.5 x 0.8 mm grid). Training crops cut through regions anywhere, so a box
+# edge this close is what the networks were trained on; a wider box only costs time (the
+# smoothed mask's support + 6 voxels, used up to pvsquant 0.2: the count stage 29% slower).
+BOX_MARGIN_VOXELS = 4
+
+
+def network_box(counting: np.ndarray, margin: int = BOX_MARGIN_VOXELS, multiple: int = 4) -> tuple[slice, ...]:
+    """Bounding box of the counting mask with a margin, sized to a multiple of ``multiple`` (the
+    networks' pooling) and kept inside the crop."""
+    support = bounding_box(counting, np.full(counting.ndim, margin))
     lo = np.array([b.start for b in support])
     size = np.array([b.stop for b in support]) - lo
-    size = size + (-size) % multiple
-    lo = np.maximum(np.minimum(lo, np.asarray(mask.shape) - size), 0)
+    size = np.minimum(size + (-size) % multiple, counting.shape)
+    lo = np.maximum(np.minimum(lo, np.asarray(counting.shape) - size), 0)
     return tuple(slice(int(a), int(a + s)) for a, s in zip(lo, size, strict=False))
 
 
 @dataclass
 class NetworkInput:
-    """What the networks of a region see, cut to the mask's support ``box``, and the counting mask there.
+    """What the networks of a region see, cut to ``box`` (:func:`network_box`), and the counting mask there.
 
     Three channels (the default networks): the unmasked T2 scaled to the region
     (:func:`pvsquant.pipeline.roi.scale_to_region`), its Frangi vesselness, and the region itself.
@@ -252,9 +260,9 @@ def network_input(crop: RegionCrop, spacing_mm: tuple[float, float, float], chan
 
     frangi_settings = frangi_settings or Settings().frangi
 
-    soft, region_mask = crop.mask.array, crop.inside
+    region_mask = crop.inside
     counting = count_mask(region_mask, spacing_mm)
-    box = _support_box(soft)
+    box = network_box(counting)
     region = np.where(region_mask[box], 1.0, 0.0).astype(np.float32)
     if channels == 3:
         if crop.t2 is None:

@@ -57,6 +57,7 @@ from .quality import (
 from .regions import Regions, make_regions, regions_on_grid
 from .registration import register_t1_to_t2
 from .roi import count_mask, crop_regions, save_crop
+from .slices import match_slice_thickness
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,12 @@ def quantify_subject(
     # the crops' and maps' images, written while the figures are drawn (a free core)
     with DeferredWrites() as writes:
         with timer.stage("roi", "network inputs: T2 at 0.5x0.5x0.8 mm, masked, cropped, normalised"):
-            crops = crop_regions(t2, regions, settings)
+            matched = match_slice_thickness(t2, settings.match_slice_thickness_mm)
+            flags.extend(matched.flags)
+            if matched.applied:
+                log.info("  T2 slices %.2f mm, averaged to look %g mm thick for counting", matched.native_mm,
+                         settings.match_slice_thickness_mm)
+            crops = crop_regions(matched.t2, regions, settings)
             roi_info = {}
             for name, crop in crops.items():
                 save_crop(crop, out / "roi", writes)
@@ -352,6 +358,7 @@ def quantify_subject(
             "labels": str(inputs.labels) if inputs.labels else None,
             "flair": None if inputs.flair is None else str(inputs.flair),
             "t2_fov_inside_t1_fraction": round(prep.overlap, 3),
+            "slices": matched.record(),
         },
         "registration": {"method": "none: no T1, the anatomy was made on the T2"} if inputs.t1 is None else {
             "method": "SimpleITK Euler3D, Mattes MI",

@@ -107,6 +107,9 @@ def header_table(qc: dict[str, Any]) -> str:
         *([("scanner", qc["scanner"])] if qc.get("scanner") else []),
         *([("acquired", acquired)] if acquired else []),
         ("T2 voxel size (mm)", " x ".join(f"{v:g}" for v in (inputs.get("t2") or {}).get("spacing_mm", []))),
+        *([("slices counted", f"{slices['target_mm']:g} mm: the T2 averaged along its {slices['native_mm']:g} mm "
+            "slices (--match-slice-thickness), as the rest of its cohort")]
+          if (slices := inputs.get("slices") or {}).get("applied") else []),
         ("processed", qc.get("date", "unknown")),
         ("software", f"pvsquant {qc.get('pvsquant_version')}, torch {qc.get('versions', {}).get('torch', '?')}"),
         (
