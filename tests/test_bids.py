@@ -313,3 +313,35 @@ def test_counted_slice_thickness_and_the_mixed_protocol_warning():
     assert mixed_slices_message([{"t2_slice_mm": 4.0}, {"t2_slice_mm": 4.1}, {"t2_slice_mm": None}]) is None
     message = mixed_slices_message([{"t2_slice_mm": 3.3}, {"t2_slice_mm": 5.0}])
     assert message is not None and "--match-slice-thickness 5" in message
+
+
+def test_match_slice_thickness_auto_takes_the_thickest_t2_of_the_subjects_run(tmp_path, monkeypatch, caplog):
+    import pvsquant.cohort.bidsapp as app
+    from pvsquant.cohort.bids import thickest_t2_slices
+
+    bids = small_dataset(tmp_path / "bids")
+    # sub-01, sub-02 ses-1 and sub-04 have 1 mm T2s, sub-02 ses-2's chosen run 3 mm; sub-03 has none
+    assert thickest_t2_slices(find_subjects(bids)) == (1.0, 3.0)
+    assert thickest_t2_slices(find_subjects(bids, participant_labels=["01"])) == (1.0, 1.0)
+    seen = {}
+
+    def no_runs(task, items, keys, **kwargs):
+        seen["settings"] = kwargs["settings"]
+        return []
+
+    monkeypatch.setattr(app, "run_tasks", no_runs)
+    caplog.set_level("INFO")
+    app.participant_level(bids, tmp_path / "out", Settings(), progress=False, match_thickest_slices=True)
+    assert seen["settings"].match_slice_thickness_mm == 3.0 and "counted on 3.00 mm slices" in caplog.text
+    app.participant_level(bids, tmp_path / "out", Settings(), progress=False)
+    assert seen["settings"].match_slice_thickness_mm is None  # off unless asked
+
+
+def test_match_slice_thickness_auto_is_for_the_bids_app_only(phantom_case, tmp_path, caplog, capsys):
+    t1, t2, _ = phantom_case
+    out = tmp_path / "out"
+    assert main(["run", "--t1", str(t1), "--t2", str(t2), "--out", str(out), "--match-slice-thickness", "auto"]) == 1
+    assert "is for pvsquant bids" in caplog.text and not out.exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--t2", str(t2), "--out", str(out), "--match-slice-thickness", "thick"])
+    assert exit_.value.code == 2 and "a slice thickness in mm or 'auto'" in capsys.readouterr().err

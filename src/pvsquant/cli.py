@@ -33,6 +33,16 @@ def _is_demo_output(path: Path) -> bool:
         return False
 
 
+def slice_thickness_option(value: str) -> float | str:
+    """--match-slice-thickness: a number of mm, or 'auto' (pvsquant bids)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a slice thickness in mm or 'auto', not {value!r}") from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settings", metavar="FILE|JSON",
                    help="settings.json of an earlier run, which reproduces that run, or a JSON file or inline "
@@ -42,10 +52,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="how to label the T1: shipped atlas registered with ANTs (default, ~1 min) or "
                         "FreeSurfer's SAMSEG (external run_samseg, ~5 min)")
     p.add_argument("--threads", type=int, help="CPU threads (default 2)")
-    p.add_argument("--match-slice-thickness", type=float, metavar="MM",
+    p.add_argument("--match-slice-thickness", type=slice_thickness_option, metavar="MM",
                    help="count on the T2 averaged along its slices to look MM thick: for cohorts of mixed "
                         "protocols, the thickest T2 slices among them (counts depend on the slice thickness; "
-                        "default: the native slices)")
+                        "default: the native slices); pvsquant bids also takes 'auto': the thickest T2 of the "
+                        "subjects it runs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
 
@@ -72,7 +83,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         changes["segmenter"] = args.segmenter
     if args.threads is not None:
         changes["threads"] = args.threads
-    if args.match_slice_thickness is not None:
+    if args.match_slice_thickness == "auto":
+        if args.command != "bids":
+            raise InputSettingsError("--match-slice-thickness auto is for pvsquant bids (the thickest T2 of its "
+                                     "subjects); for one run give the thickness in mm, e.g. 4")
+    elif args.match_slice_thickness is not None:
         changes["match_slice_thickness_mm"] = args.match_slice_thickness
     if getattr(args, "models", None):
         changes["models_dir"] = str(args.models)
@@ -385,7 +400,8 @@ def bids_command(args: argparse.Namespace) -> int:
         raise InputSettingsError(f"--workers must be at least 1, got {args.workers}")
     outcomes = participant_level(args.bids_dir, args.output_dir, settings, workers=args.workers,
                                  scheduler=args.scheduler, allow_t2_only=args.allow_t2_only,
-                                 progress=not args.no_progress, **selection)
+                                 progress=not args.no_progress,
+                                 match_thickest_slices=args.match_slice_thickness == "auto", **selection)
     print(summary_line(outcomes))
     for o in outcomes:
         if o.status == "failed":

@@ -109,6 +109,22 @@ def _voxel_volume(path: str) -> float:
         return float("inf")
 
 
+def thickest_t2_slices(subjects: list[BidsSubject]) -> tuple[float, float] | None:
+    """(thinnest, thickest) T2 slice thickness in mm among the subjects that can run (from the
+    headers); None when no T2 can be read."""
+    from ..pipeline.slices import slice_thickness_of
+
+    found = []
+    for s in subjects:
+        if s.t2 is None or s.problem:
+            continue
+        try:
+            found.append(slice_thickness_of(nib.load(str(s.t2)).affine))  # type: ignore[attr-defined]
+        except Exception:  # an unreadable file is reported when the subject runs
+            continue
+    return (min(found), max(found)) if found else None
+
+
 def choose_image(files: list[str]) -> str:
     """The documented choice among several images of one role: the finest resolution (smallest voxel
     volume); among equals, the highest run number (a repeat is usually made because the earlier one

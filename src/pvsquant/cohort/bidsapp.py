@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from .bids import (
     find_subjects,
     methods_text,
     scanner_of,
+    thickest_t2_slices,
     write_dataset_description,
 )
 
@@ -92,11 +93,21 @@ def remove_partial_outputs(*folders: Path) -> None:
 def participant_level(bids_dir: Path, output_dir: Path, settings: Settings, participant_labels: list[str] | None = None,
                       session_labels: list[str] | None = None, t1_filter: dict[str, Any] | None = None,
                       t2_filter: dict[str, Any] | None = None, workers: int = 1, scheduler: str | None = None,
-                      allow_t2_only: bool = False, progress: bool = True) -> list[Outcome]:
-    """Run every selected subject; returns one outcome per subject (also in ``logs/participant.tsv``)."""
+                      allow_t2_only: bool = False, progress: bool = True,
+                      match_thickest_slices: bool = False) -> list[Outcome]:
+    """Run every selected subject; returns one outcome per subject (also in ``logs/participant.tsv``).
+    ``match_thickest_slices``: every subject counted on slices as thick as the thickest T2 among
+    them (``Settings.match_slice_thickness_mm``)."""
     bids_dir, output_dir = Path(bids_dir).absolute(), Path(output_dir).absolute()
     check_output_dir(bids_dir, output_dir)
     subjects = find_subjects(bids_dir, participant_labels, session_labels, t1_filter, t2_filter)
+    if match_thickest_slices:
+        extent = thickest_t2_slices(subjects)
+        if extent is None:
+            raise InputDatasetError(f"{bids_dir}: --match-slice-thickness auto found no readable T2w to measure")
+        settings = replace(settings, match_slice_thickness_mm=round(extent[1], 2))
+        log.info("T2 slices of %.2f to %.2f mm: every subject counted on %.2f mm slices", extent[0], extent[1],
+                 settings.match_slice_thickness_mm)
     output_dir.mkdir(parents=True, exist_ok=True)
     weights = weights_sha256(settings.models_dir)
     write_dataset_description(output_dir, bids_dir, weights)

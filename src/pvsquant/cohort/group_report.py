@@ -61,7 +61,7 @@ def mixed_slices_message(rows: list[dict[str, Any]]) -> str | None:
         return None
     return (f"the T2s were counted on slices of {found[0]:g} to {found[-1]:g} mm: PVS counts depend on the "
             "slice thickness, so these subjects are not comparable as they are; run the participant level "
-            f"again with --match-slice-thickness {found[-1]:g} (column t2_slice_mm of group_counts.tsv)")
+            f"again with --match-slice-thickness {found[-1]:g} or auto (column t2_slice_mm of group_counts.tsv)")
 
 
 def write_group_report(rows: list[dict[str, Any]], failed: list[dict[str, Any]], n_subjects: int,

@@ -12,7 +12,7 @@ thickness, on the T2's own grid (every output keeps its grid): each slice become
 the linearly interpolated image over ``thickness_mm`` centred on it, the profile of a thicker
 slice. A T2 whose slices are already as thick or thicker is left as it is (and flagged: slices
 cannot be made thinner). Off by default (``Settings.match_slice_thickness_mm``); ``pvsquant
-cohort --match-slices`` sets it to the thickest T2 of the cohort.
+bids ... participant --match-slice-thickness auto`` sets it to the thickest T2 of the subjects it runs.
 """
 from __future__ import annotations
 
@@ -49,11 +49,22 @@ class MatchedSlices:
 def slice_axis(volume: Volume) -> int:
     """The array axis of the slices: the one of the largest spacing, or on a near-isotropic volume
     the one closest to the world's superior direction."""
-    spacing = volume.spacing_mm
+    return slice_axis_of(volume.affine)
+
+
+def slice_axis_of(affine: np.ndarray) -> int:
+    """:func:`slice_axis` from an image's affine alone (e.g. a header)."""
+    matrix = np.asarray(affine, float)[:3, :3]
+    spacing = np.sqrt((matrix**2).sum(axis=0))
     if spacing.max() >= ISOTROPIC_RATIO * spacing.min():
         return int(np.argmax(spacing))
-    directions = volume.affine[:3, :3] / spacing
-    return int(np.argmax(np.abs(directions[2])))
+    return int(np.argmax(np.abs(matrix[2] / spacing)))
+
+
+def slice_thickness_of(affine: np.ndarray) -> float:
+    """The slice thickness (mm) of an image with this affine, along :func:`slice_axis_of`."""
+    matrix = np.asarray(affine, float)[:3, :3]
+    return float(np.sqrt((matrix[:, slice_axis_of(affine)] ** 2).sum()))
 
 
 def _tent_integral(x: np.ndarray) -> np.ndarray:
