@@ -47,7 +47,7 @@ STEM = "N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
 WORK = HERE / "_work" / "detection"
 DETECTION_LEVELS = (1.0e-3, 1.5e-3, 2.0e-3, 3.0e-3, 4.0e-3, 6.0e-3)
 MIN_MASSES = (0.05, 0.1, 0.15, 0.25)
-PROMINENCES = (1e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3)
+PROMINENCES = (1e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3, 4e-3, 5e-3, 7e-3)
 
 
 def clinical_t2(patient: str, seed: int) -> Path:

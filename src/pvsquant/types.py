@@ -369,11 +369,13 @@ class Settings:
     ``benchmarks/results_detection.md``): 3e-3 gave the best mean F1 of the centrum semiovale and
     basal ganglia (0.87; the former 1.5e-3, chosen on synthetic patches by the number of
     detections: 0.82) and a higher recall in every region, since a low level merges neighbouring
-    PVS into one component; the minimum mass changed the figures by less than their noise."""
+    PVS into one component; the minimum mass changed the figures by less than their noise. On the
+    rerun of 2026-12-07 (today's regions and network box) 2e-3 with a minimum mass of 0.25 scores
+    best unsplit (0.857 against 0.834); the level stays, since the prominences are chosen at it."""
     detection_prominence: dict[str, float] = field(
         default_factory=lambda: {
-            "centrum_semiovale": 2.5e-3,
-            "basal_ganglia": 2.5e-3,
+            "centrum_semiovale": 3e-3,
+            "basal_ganglia": 3e-3,
             "hippocampi": 5e-4,
             "midbrain": 5e-4,
         }
@@ -381,13 +383,13 @@ class Settings:
     """Per region: a component above ``detection_level`` with several peaks is split into one
     detection per peak rising this much (PVS per voxel) above its saddle
     (:func:`pvsquant.pipeline.counting.peak_cores`); a region left out is not split. Chosen per
-    region by F1 on the same three scans (``benchmarks/results_detection.md``): the hippocampal
-    and midbrain networks draw broader blobs, whose neighbours merge above any level (F1 0.46 ->
-    0.60 and 0.46 -> 0.76 at 5e-4; their best F1 over 1e-4 ... 3e-3, 0.608 at 3e-4 and 0.786
-    at 1e-4, is within 0.03 of it: 5e-4 keeps a margin above the map's own ripples on scans the
-    grid did not see); in the centrum semiovale and basal ganglia the split moves F1 by less than
-    0.005 (0.856 -> 0.853, 0.877 -> 0.878) and is kept so that a detection means the same
-    everywhere."""
+    region by F1 on the same three scans (``benchmarks/results_detection.md``, rerun 2026-12-07 on
+    the regions with the CSF stage and the counting-mask network box): 3e-3 in the centrum semiovale
+    and basal ganglia, the best over 1e-4 ... 7e-3 (F1 0.822 and 0.898; 2.5e-3, chosen on the
+    earlier regions, now 0.811 and 0.877; not split 0.801 and 0.866). The hippocampal and midbrain
+    networks draw broader blobs, whose neighbours merge above any level (not split F1 0.65 and 0.42,
+    0.71 and 0.78 at 5e-4); their best, 0.724 and 0.791 at 1e-4, is within 0.02 of it: 5e-4 keeps a
+    margin above the map's own ripples on scans the grid did not see."""
     # QC thresholds
     overlap_warn_fraction: float = 0.8
     qc_limits: dict[str, tuple[tuple[float, float], tuple[float, float]]] = field(
