@@ -51,7 +51,7 @@ from pvsquant.learning.synthesis import tube_occupancy
 from pvsquant.pipeline.counting import count_region, load_models
 from pvsquant.pipeline.roi import count_mask, crop_regions
 from pvsquant.pipeline.run import StageTimer, prepare_subject
-from pvsquant.pipeline.slices import match_slice_thickness
+from pvsquant.pipeline.slices import match_slice_thickness, slice_thickness_of
 from pvsquant.reporting.figures import plot_attention
 from pvsquant.types import REGION_CODES, Settings, SubjectInputs, Volume
 
@@ -123,10 +123,6 @@ def count_all(t2: Volume, case: dict, models: dict, settings: Settings, regions:
                                settings.detection_min_mass, settings.frangi, workers=settings.threads,
                                prominence=settings.detection_prominence.get(name))
             for name, crop in crops.items()}, crops
-
-
-def slice_thickness(t2: Volume) -> float:
-    return match_slice_thickness(t2, None).native_mm
 
 
 def relative_differences(a: dict, b: dict) -> dict:
@@ -270,7 +266,7 @@ def main() -> None:
     rescan, rescan_matched, matched_counts = {}, {}, {}
     if set(pair) <= set(clean_counts):
         rescan = relative_differences(*(clean_counts[s] for s in pair))
-        thickest = max(slice_thickness(cases[s]["t2"]) for s in pair)
+        thickest = max(slice_thickness_of(cases[s]["t2"].affine) for s in pair)
         for scan in pair:
             matched = match_slice_thickness(cases[scan]["t2"], thickest)
             counted = count_all(matched.t2, cases[scan], models, settings, regions)[0] if matched.applied else None

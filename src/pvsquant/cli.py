@@ -61,23 +61,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
 
 
-def settings_source(value: str) -> Path | dict[str, object]:
-    """``--settings``: a JSON file, or a JSON object given inline (``'{"csf": {"enabled": false}}'``)."""
-    text = value.strip()
-    if not text.startswith("{"):
-        return Path(value)
-    try:
-        parsed = json.loads(text)
-    except ValueError as exc:
-        raise InputSettingsError(f"--settings {text!r} is not a readable JSON object ({exc}).") from exc
-    if not isinstance(parsed, dict):
-        raise InputSettingsError(f"--settings {text!r}: expected a JSON object of settings.")
-    return parsed
-
-
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The run's Settings: ``--settings FILE`` (or the defaults), then the options given on the command line."""
-    settings = Settings.from_json(settings_source(args.settings)) if args.settings else Settings()
+    """The run's Settings: ``--settings FILE|JSON`` (or the defaults), then the options given on the command line."""
+    settings = Settings.from_json(args.settings) if args.settings else Settings()
     changes: dict[str, object] = {}
     if args.segmenter is not None:
         changes["segmenter"] = args.segmenter

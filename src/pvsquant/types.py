@@ -421,7 +421,8 @@ class Settings:
 
     @classmethod
     def from_json(cls, source: str | Path | dict[str, Any]) -> Settings:
-        """Settings from a run's ``settings.json`` (or a dict): the inverse of :meth:`to_json`.
+        """Settings from a run's ``settings.json`` (or a dict, or a JSON object given as a string
+        starting with ``{``): the inverse of :meth:`to_json`.
 
         Missing keys keep their defaults, so a file may hold only what it changes; an unknown key
         or a value of the wrong kind raises :class:`~pvsquant.errors.InputSettingsError` naming it.
@@ -429,6 +430,12 @@ class Settings:
         from .errors import InputSettingsError
 
         where = "settings"
+        if isinstance(source, str) and source.strip().startswith("{"):
+            text = source.strip()
+            try:
+                source = json.loads(text)
+            except ValueError as exc:
+                raise InputSettingsError(f"settings {text!r} is not a readable JSON object ({exc}).") from exc
         if not isinstance(source, dict):
             where = str(source)
             try:
