@@ -1,59 +1,84 @@
 """Counting on held-out synthetic patches: the shipped GP-Unet and CNN against the Frangi baseline.
 
     python benchmarks/synthetic_validation.py CACHE/val [--regions R ...] [--out FILE]
+    python benchmarks/synthetic_validation.py FOLDER --generate [--max-density 8] [--samples 50]
 
 CACHE/val holds the validation shards that ``pvsquant train`` makes (label maps never seen in
-training). Per region: Pearson r and MAE of each model's patch count against the true number
-of PVS centres in the patch, and the mean count on the empty patches (no PVS; should be ~0).
+training); ``--generate`` writes them into FOLDER first, exactly as ``pvsquant train`` does
+(the last two label maps, seed 1000 (``--seed`` + 1000 of train), shards of 25), so the patches are
+those of a training run with that ``--max-density``. Per region: Pearson r and MAE of each model's
+patch count against the true number of PVS centres in the patch, and the mean count on the empty
+patches (no PVS; should be ~0). Shards that record how visible each PVS is (pvsquant >= 0.4) also
+give r and MAE against the number of *visible* PVS (peak partial-volume fraction in the simulated
+scan's voxels >= 0.3 or 0.5, ``trainingdata.VISIBILITY_LEVELS``): what a rater can count.
 Writes benchmarks/results_synthetic_validation.md (or ``--out``; with ``--regions``, only the
 regions whose shards the cache holds).
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
 
-from pvsquant.learning.training import evaluate, load_shards
+from pvsquant.learning.training import load_shards, predict_counts
+from pvsquant.learning.trainingdata import VISIBILITY_LEVELS, default_label_maps, generate_dataset
 from pvsquant.pipeline.counting import load_models
 from pvsquant.pipeline.frangi import count_frangi
 from pvsquant.types import REGION_CODES, Settings
 
 HERE = Path(__file__).resolve().parent
+SHOWN_LEVELS = VISIBILITY_LEVELS[:2]
+
+
+def agreement(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Pearson r and mean absolute error."""
+    r = float(np.corrcoef(pred, truth)[0, 1]) if pred.std() > 0 and truth.std() > 0 else float("nan")
+    return r, float(np.abs(pred - truth).mean())
+
+
+def frangi_counts(data: dict[str, np.ndarray]) -> np.ndarray:
+    unmasked = Settings().frangi  # the cached patches are the unmasked network input
+    return np.array([count_frangi(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8), unmasked).count
+                     for i, m in zip(data["image"], data["mask"], strict=True)], float)
 
 
 def main(val_dir: str, regions: tuple[str, ...] = tuple(REGION_CODES),
          out: Path = HERE / "results_synthetic_validation.md") -> None:
     models = load_models()
+    visible_header = "".join(f" r / MAE vs PVS visible at >= {level} |" for level in SHOWN_LEVELS)
     lines = [
         "# Synthetic validation: patch counts on held-out label maps",
         "",
-        "Command: `python benchmarks/synthetic_validation.py CACHE/val` (cache of `pvsquant train`).",
+        "Command: `python benchmarks/synthetic_validation.py CACHE/val` (cache of `pvsquant train`, or `--generate`).",
         "",
-        "| region | patches | model | Pearson r | MAE | mean count on empty patches |",
-        "|---|---|---|---|---|---|",
+        "| region | patches | model | Pearson r | MAE | mean count on empty patches |" + visible_header,
+        "|---|---|---|---|---|---|" + "---|" * len(SHOWN_LEVELS),
     ]
+    start = time.perf_counter()
     for region in regions:
         data = load_shards(val_dir, [region])
         truth = data["count"].astype(float)
-        for name in ("gpunet", "cnn"):
-            res = evaluate(models[(region, name)].network, data)
-            lines.append(
-                f"| {region} | {res['n']} | {name} | {res['pearson_r']:.3f} | {res['mae']:.2f} | "
-                f"{res['mean_pred_when_empty']} ({int((truth == 0).sum())}) |"
-            )
-        unmasked = Settings().frangi  # the cached patches are the unmasked network input
-        frangi = np.array(
-            [
-                count_frangi(i.astype(np.float32), m.astype(np.float32), (0.5, 0.5, 0.8), unmasked).count
-                for i, m in zip(data["image"], data["mask"], strict=False)
-            ],
-            float,
-        )
-        r = float(np.corrcoef(frangi, truth)[0, 1])
-        empty = round(float(frangi[truth == 0].mean()), 3) if np.any(truth == 0) else None
-        lines.append(f"| {region} | {len(truth)} | frangi | {r:.3f} | {np.abs(frangi - truth).mean():.2f} | {empty} |")
+        visible = data.get("visible_count")
+        preds = {name: predict_counts(models[(region, name)].network, data) for name in ("gpunet", "cnn")}
+        preds["frangi"] = frangi_counts(data)
+        for name, pred in preds.items():
+            r, mae = agreement(pred, truth)
+            empty = f"{pred[truth == 0].mean():.3f} ({int((truth == 0).sum())})" if np.any(truth == 0) else "-"
+            cells = ""
+            for k in range(len(SHOWN_LEVELS)):
+                if visible is None:
+                    cells += " - |"
+                else:
+                    rv, maev = agreement(pred, visible[:, k].astype(float))
+                    cells += f" {rv:.3f} / {maev:.2f} |"
+            lines.append(f"| {region} | {len(truth)} | {name} | {r:.3f} | {mae:.2f} | {empty} |{cells}")
+        if visible is not None:
+            share = ", ".join(f"{visible[:, k].sum() / max(truth.sum(), 1):.2f} at >= {level}"
+                              for k, level in enumerate(VISIBILITY_LEVELS))
+            print(f"{region}: share of the PVS visible {share}")
+    lines += ["", f"{time.perf_counter() - start:.0f} s."]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     print(text)
@@ -64,5 +89,14 @@ if __name__ == "__main__":
     parser.add_argument("val_dir")
     parser.add_argument("--regions", nargs="+", choices=list(REGION_CODES), default=list(REGION_CODES))
     parser.add_argument("--out", type=Path, default=HERE / "results_synthetic_validation.md")
+    parser.add_argument("--generate", action="store_true", help="write the validation shards into val_dir first")
+    parser.add_argument("--max-density", type=float, default=8.0, help="as pvsquant train --max-density")
+    parser.add_argument("--samples", type=int, default=50, help="patches per region, as pvsquant train --val-samples")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.generate:
+        maps = default_label_maps()
+        for region in args.regions:
+            generate_dataset(maps[len(maps) - 2:], region, args.samples, args.val_dir, seed=1000,
+                             workers=args.threads, shard_size=25, max_density_per_ml=args.max_density)
     main(args.val_dir, tuple(args.regions), args.out)

@@ -63,6 +63,23 @@ def test_background_sample_adds_only_the_injected_pvs(case):
     assert s.density.sum() <= s.count + 1e-3  # a PVS counts at most once, less where it leaves the region
 
 
+def test_min_visibility_labels_fewer_pvs_but_injects_the_same(case):
+    """Faint injected PVS stay in the scan but leave the label; everything else is the same draw."""
+    for seed in range(40):
+        every = make_background_sample(case, "basal_ganglia", np.random.default_rng(seed), max_density_per_ml=8.0)
+        if every.count >= 3:
+            break
+    visible = make_background_sample(case, "basal_ganglia", np.random.default_rng(seed), max_density_per_ml=8.0,
+                                     min_visibility=0.9)
+    none = make_background_sample(case, "basal_ganglia", np.random.default_rng(seed), max_density_per_ml=8.0,
+                                  min_visibility=1.01)
+    np.testing.assert_array_equal(every.injected, visible.injected)
+    assert every.count == every.meta["n_labelled"] == every.meta["n_rendered"] >= 3
+    assert visible.count == visible.meta["n_labelled"] < every.count
+    assert visible.density.sum() < every.density.sum()
+    assert none.count == 0 and none.density.sum() == 0 and (none.injected != none.clean).any()
+
+
 def test_background_sample_without_pvs_is_the_clean_patch(case):
     for seed in range(60):
         s = make_background_sample(case, "centrum_semiovale", np.random.default_rng(seed))

@@ -125,6 +125,7 @@ def test_train_clean_pass_weights_without_backgrounds_are_refused(tmp_path, capl
     ("--outside-weight", "-1", "--outside-weight must be 0 or more, got -1"),
     ("--count-weight", "-0.05", "--count-weight must be 0 or more, got -0.05"),
     ("--background-fraction", "1.5", "--background-fraction is a share of each batch (0 to 1), got 1.5"),
+    ("--min-visibility", "30", "--min-visibility is a partial-volume fraction (0 to 1), got 30"),
 ])
 def test_train_refuses_weights_that_would_silently_do_nothing(tmp_path, caplog, flag, value, message):
     """A negative clean-pass weight used to switch its term off without a word."""

@@ -8,8 +8,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pvsquant.learning.training import TrainSettings, load_shards, train
+from pvsquant.learning.training import TrainSettings, evaluate, load_shards, predict_counts, train
 from pvsquant.learning.trainingdata import density_map
+from pvsquant.models import GPUnet
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,32 @@ def test_training_resumes_from_its_checkpoint_and_cnn_starts_from_gpunet(cache, 
 def test_load_shards_names_the_missing_region(cache):
     with pytest.raises(FileNotFoundError, match=r"hippocampi"):
         load_shards(cache, ["hippocampi"])
+
+
+def test_visible_counts_load_only_when_every_shard_has_them(cache, tmp_path):
+    """Shards of pvsquant >= 0.4 carry the counts of visible PVS; a cache mixing in older shards
+    gives none rather than misaligned rows."""
+    with np.load(cache / "basal_ganglia_0_0000.npz") as old:
+        arrays = {k: old[k] for k in old.files}
+    visible = np.stack([np.minimum(arrays["count"], k) for k in (3, 2, 1)], axis=1)
+    np.savez_compressed(tmp_path / "basal_ganglia_0_0000.npz", **arrays, visible_count=visible)
+    data = load_shards(tmp_path, ["basal_ganglia"])
+    np.testing.assert_array_equal(data["visible_count"], visible)
+    np.savez_compressed(tmp_path / "basal_ganglia_0_0001.npz", **arrays)
+    mixed = load_shards(tmp_path, ["basal_ganglia"])
+    assert len(mixed["count"]) == 16 and "visible_count" not in mixed
+
+
+def test_evaluate_scores_the_predicted_counts(cache):
+    torch.manual_seed(0)
+    model = GPUnet(width=4)
+    data = load_shards(cache, ["basal_ganglia"])
+    pred = predict_counts(model, data, batch_size=3)
+    assert pred.shape == (8,) and model.training  # the mode it was in is kept
+    truth = data["count"].astype(float)
+    result = evaluate(model, data)
+    assert result["mae"] == pytest.approx(np.abs(pred - truth).mean(), abs=1e-3)
+    assert result["pearson_r"] == pytest.approx(np.corrcoef(pred, truth)[0, 1], abs=1e-4)
 
 
 def test_training_mixes_real_background_pairs_into_each_batch(cache, tmp_path):

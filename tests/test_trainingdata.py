@@ -7,10 +7,12 @@ import pytest
 from pvsquant.learning.synthesis import Tube, blob_occupancy, tube_occupancy
 from pvsquant.learning.trainingdata import (
     PVS_SHAPES,
+    VISIBILITY_LEVELS,
     AnatomyMap,
     density_map,
     line_density,
     make_sample,
+    peak_partial_volume,
     pvs_tubes,
     sample_rng,
     spaced_points,
@@ -118,6 +120,46 @@ def test_sample_holds_the_pvs_its_label_says(phantom_map):
     assert s.meta["n_rendered"] >= s.count and 3.0 <= s.meta["slice_mm"] <= 7.0
 
 
+def test_peak_partial_volume_falls_with_slice_thickness_and_tube_width():
+    """A 2 mm tube along the slices fills whole 0.5 mm voxels; lying across 6 mm slices, a 1 mm
+    tube fills at most ~1/6 of one."""
+    along = Tube(np.zeros(3), np.array([0.0, 0.0, 1.0]), 12.0, 2.0)
+    across = Tube(np.zeros(3), np.array([1.0, 0.0, 0.0]), 12.0, 1.0)
+    fine = grid((0.5, 0.5, 0.5), (50, 50, 50))
+    assert peak_partial_volume(along, fine, (50, 50, 50)) == pytest.approx(1.0, abs=1e-6)
+    thick = grid((0.5, 0.5, 6.0), (50, 50, 5))
+    assert peak_partial_volume(along, thick, (50, 50, 5)) == pytest.approx(1.0, abs=1e-6)
+    assert 0.08 <= peak_partial_volume(across, thick, (50, 50, 5)) <= 0.2
+    far = Tube(np.array([500.0, 0, 0]), np.array([1.0, 0, 0]), 3.0, 1.0)
+    assert peak_partial_volume(far, thick, (50, 50, 5)) == 0.0
+
+
+def test_sample_records_how_visible_each_counted_pvs_is(phantom_map):
+    s = make_sample(phantom_map, "basal_ganglia", sample_rng(0, "basal_ganglia", 3), density_per_ml=3.0)
+    assert s.visibility.shape == (s.count,)
+    assert np.all((s.visibility >= 0) & (s.visibility <= 1))
+    visible = s.visible_counts()
+    assert visible.shape == (len(VISIBILITY_LEVELS),)
+    assert s.count >= visible[0] >= visible[1] >= visible[2]
+    assert visible[-1] < s.count  # 3-7 mm slices: some PVS fill no voxel to 0.7
+    # the visibility is computed, not drawn: the same sample as before it existed
+    again = make_sample(phantom_map, "basal_ganglia", sample_rng(0, "basal_ganglia", 3), density_per_ml=3.0)
+    np.testing.assert_array_equal(s.visibility, again.visibility)
+
+
+def test_min_visibility_labels_only_the_visible_pvs(phantom_map):
+    """The same patch, rendered alike; only the PVS that reach the visibility are labelled."""
+    rng = lambda: sample_rng(0, "basal_ganglia", 3)  # noqa: E731
+    every = make_sample(phantom_map, "basal_ganglia", rng(), density_per_ml=3.0)
+    level = float(np.median(every.visibility))
+    visible = make_sample(phantom_map, "basal_ganglia", rng(), density_per_ml=3.0, min_visibility=level)
+    np.testing.assert_array_equal(every.image, visible.image)
+    np.testing.assert_array_equal(every.visibility, visible.visibility)
+    assert visible.count == int((every.visibility >= level).sum()) < every.count
+    assert visible.density.sum() < every.density.sum()
+    assert visible.meta["min_visibility"] == level
+
+
 def test_sample_is_reproducible_and_empty_when_asked(phantom_map):
     a = make_sample(phantom_map, "centrum_semiovale", sample_rng(5, "centrum_semiovale", 0))
     b = make_sample(phantom_map, "centrum_semiovale", sample_rng(5, "centrum_semiovale", 0))
@@ -125,6 +167,7 @@ def test_sample_is_reproducible_and_empty_when_asked(phantom_map):
     assert a.count == b.count
     empty = make_sample(phantom_map, "hippocampi", np.random.default_rng(2), density_per_ml=0.0)
     assert empty.count == 0 and empty.density.sum() == 0.0
+    assert empty.visible_counts().tolist() == [0] * len(VISIBILITY_LEVELS)
 
 
 def test_max_density_bounds_the_drawn_density(phantom_map):

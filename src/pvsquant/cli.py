@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-samples", type=int, default=50, help="held-out patches per region (other maps)")
     train.add_argument("--max-density", type=float, default=3.0, help="highest synthetic PVS density (PVS per ml) "
                        "of a training patch (log-uniform from 0.05; default 3); use a new --cache when changing it")
+    train.add_argument("--min-visibility", type=float, default=0.0,
+                       help="label a synthetic PVS only when its peak partial-volume fraction in the simulated scan's "
+                       "voxels reaches this (0-1; default 0: every PVS); use a new --cache when changing it")
     train.add_argument("--val-maps", type=int, default=2, help="how many label maps are held out for validation")
     train.add_argument("--background", nargs=2, action="append", type=Path, metavar=("T1", "T2"),
                        help="a real T1/T2 pair to inject synthetic PVS into (repeat for several; see "
@@ -234,6 +237,9 @@ def train_command(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 0:
             log.error("--%s must be 0 or more, got %g", flag.replace("_", "-"), getattr(args, flag))
             return 1
+    if not 0 <= args.min_visibility <= 1:
+        log.error("--min-visibility is a partial-volume fraction (0 to 1), got %g", args.min_visibility)
+        return 1
     if args.background_fraction > 1:
         log.error("--background-fraction is a share of each batch (0 to 1), got %g", args.background_fraction)
         return 1
@@ -250,10 +256,11 @@ def train_command(args: argparse.Namespace) -> int:
     regions = list(REGION_CODES) if args.region == "all" else [args.region]
     for region in regions:
         generate_dataset(maps[: len(maps) - args.val_maps], region, args.samples, cache / "train", seed=args.seed,
-                         workers=args.threads, max_density_per_ml=args.max_density)
+                         workers=args.threads, max_density_per_ml=args.max_density,
+                         min_visibility=args.min_visibility)
         generate_dataset(maps[len(maps) - args.val_maps:], region, args.val_samples, cache / "val",
                          seed=args.seed + 1000, workers=args.threads, shard_size=25,
-                         max_density_per_ml=args.max_density)
+                         max_density_per_ml=args.max_density, min_visibility=args.min_visibility)
     real_dir = None
     if args.background:
         from .learning.backgrounds import background_file, generate_background_dataset, prepare_background
@@ -267,7 +274,8 @@ def train_command(args: argparse.Namespace) -> int:
         real_dir = cache / "train_real"
         for region in regions:
             generate_background_dataset(case_files, region, args.background_samples, real_dir, seed=args.seed,
-                                        workers=args.threads, max_density_per_ml=args.max_density)
+                                        workers=args.threads, max_density_per_ml=args.max_density,
+                                        min_visibility=args.min_visibility)
     settings = TrainSettings(region=args.region, model=args.model, steps=args.steps, batch_size=args.batch_size,
                              learning_rate=args.lr, density_weight=args.density_weight,
                              count_weight=args.count_weight, seed=args.seed,
@@ -276,6 +284,7 @@ def train_command(args: argparse.Namespace) -> int:
                              background_fraction=args.background_fraction if real_dir else 0.0,
                              outside_weight=args.outside_weight, floor_weight=args.floor_weight,
                              extra={"samples": args.samples, "max_density": args.max_density,
+                                    "min_visibility": args.min_visibility,
                                     "backgrounds": [[str(t1), str(t2)] for t1, t2 in args.background or []],
                                     "background_samples": args.background_samples if real_dir else 0})
     result = train(settings, cache / "train", args.out, val_dir=cache / "val", device=args.device,

@@ -113,8 +113,10 @@ def _native_box(t2: Volume, box_affine: np.ndarray, box_shape: tuple[int, ...], 
 
 def make_background_sample(case: dict[str, Any], region: str, rng: np.random.Generator,
                            settings: Settings = Settings(), patch_shape: tuple[int, int, int] = PATCH_SHAPE,
-                           max_density_per_ml: float = 3.0) -> BackgroundSample:
-    """One real-background sample of a region (see the module docstring)."""
+                           max_density_per_ml: float = 3.0, min_visibility: float = 0.0) -> BackgroundSample:
+    """One real-background sample of a region (see the module docstring). With ``min_visibility``,
+    only the injected PVS whose peak partial-volume fraction in the scan's voxels reaches it are
+    labelled (all are written into the scan), as in :func:`~pvsquant.learning.trainingdata.make_sample`."""
     t2, regions = case["t2"], case["regions"]
     work = regions.work
     spacing = np.asarray(settings.target_spacing_mm, float)
@@ -140,8 +142,11 @@ def make_background_sample(case: dict[str, Any], region: str, rng: np.random.Gen
                              clean_native.shape, order=1).array > 0.5
     sigma = noise_level(clean_native, inside_native if inside_native.sum() > 100 else clean_native > 0)
     injected_native = clean_native.copy()
+    labelled = []
     for tube in tubes:
         occ = tube_occupancy([tube], sub_affine, clean_native.shape, supersample=(2, 2, 8))
+        if occ.size and occ.max() >= min_visibility:
+            labelled.append(tube)
         hit = occ > 0
         level = case["csf"] * rng.uniform(0.85, 1.0) + rng.normal(0.0, sigma, int(hit.sum()))
         injected_native[hit] = injected_native[hit] * (1 - occ[hit]) + level * occ[hit]
@@ -150,16 +155,16 @@ def make_background_sample(case: dict[str, Any], region: str, rng: np.random.Gen
     region_mask = resample(region_vol, box_affine, patch_shape, order=1).array >= 0.5
     clean = resample(Volume(clean_native, sub_affine), box_affine, patch_shape, order=1).array
     injected = resample(Volume(injected_native, sub_affine), box_affine, patch_shape, order=1).array
-    density = line_density(tubes, box_affine, patch_shape) * count_mask(region_mask, spacing)
+    density = line_density(labelled, box_affine, patch_shape) * count_mask(region_mask, spacing)
     meta = {"region": region, "density_per_ml": round(density_per_ml, 4), "n_rendered": len(tubes),
-            "noise": round(sigma, 3)}
+            "noise": round(sigma, 3), "n_labelled": len(labelled)}
     return BackgroundSample(scale_to_region(injected, region_mask, settings),
                             scale_to_region(clean, region_mask, settings),
-                            region_mask, density.astype(np.float32), len(tubes), meta)
+                            region_mask, density.astype(np.float32), len(labelled), meta)
 
 
 def _write_background_shard(args: tuple) -> str:
-    case_files, region, seed, indices, out_file, settings, max_density = args
+    case_files, region, seed, indices, out_file, settings, max_density, min_visibility = args
     cases = []
     for f in case_files:
         with open(f, "rb") as fh:
@@ -168,7 +173,7 @@ def _write_background_shard(args: tuple) -> str:
     for i in indices:
         rng = np.random.default_rng([seed, 1000 + list(REGION_CODES).index(region), i])
         s = make_background_sample(cases[int(rng.integers(len(cases)))], region, rng, settings,
-                                   max_density_per_ml=max_density)
+                                   max_density_per_ml=max_density, min_visibility=min_visibility)
         parts["image"].append(s.injected.astype(np.float16))
         parts["clean"].append(s.clean.astype(np.float16))
         parts["mask"].append(s.region_mask)
@@ -183,9 +188,10 @@ def _write_background_shard(args: tuple) -> str:
 def generate_background_dataset(case_files: list[Path], region: str, n_samples: int, out_dir: str | Path,
                                 seed: int = 0, workers: int = 1, shard_size: int = 50,
                                 settings: Settings = Settings(), max_density_per_ml: float = 3.0,
-                                progress: bool = True) -> list[Path]:
+                                progress: bool = True, min_visibility: float = 0.0) -> list[Path]:
     """``n_samples`` real-background samples of a region as shards ``<region>_<seed>_<k>.npz``
-    in ``out_dir`` (existing shards are kept: an interrupted run resumes)."""
+    in ``out_dir`` (existing shards are kept: an interrupted run resumes; one folder per
+    ``max_density_per_ml`` and ``min_visibility``)."""
     from concurrent.futures import ProcessPoolExecutor
 
     out_dir = Path(out_dir)
@@ -196,7 +202,8 @@ def generate_background_dataset(case_files: list[Path], region: str, n_samples: 
         files.append(f)
         if not f.exists():
             indices = list(range(start, min(start + shard_size, n_samples)))
-            jobs.append(([str(c) for c in case_files], region, seed, indices, f, settings, max_density_per_ml))
+            jobs.append(([str(c) for c in case_files], region, seed, indices, f, settings, max_density_per_ml,
+                         min_visibility))
     if workers <= 1:
         done = map(_write_background_shard, jobs)
         for i, _ in enumerate(done):

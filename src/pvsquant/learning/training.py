@@ -78,23 +78,28 @@ class TrainSettings:
 
 
 def load_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarray]:
-    """All cached samples of the given regions, stacked (images float16, density float16, mask bool)."""
+    """All cached samples of the given regions, stacked (images float16, density float16, mask bool;
+    ``visible_count`` where every shard has it)."""
     parts: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "density": [], "count": []}
     files = sorted(f for r in regions for f in Path(cache_dir).glob(f"{r}_*.npz") if not f.name.endswith(".tmp.npz"))
     files = [f for f in files if ".vesselness" not in f.name]
     if not files:
         raise FileNotFoundError(f"no cached samples for {', '.join(regions)} in {cache_dir}")
-    vesselness = []
+    vesselness, visible = [], []
     for f in files:
         with np.load(f) as data:
             for key in parts:
                 parts[key].append(data[key])
+            if "visible_count" in data:  # shards of pvsquant >= 0.4
+                visible.append(data["visible_count"])
         sidecar = f.with_name(f.name.replace(".npz", ".vesselness.npy"))
         if not sidecar.exists():  # computed once per shard, then cached beside it
             np.save(sidecar, network_channels(parts["image"][-1], parts["mask"][-1]))
         vesselness.append(np.load(sidecar))
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["vesselness"] = np.concatenate(vesselness)
+    if len(visible) == len(files):  # counts of the PVS visible at each level (trainingdata.VISIBILITY_LEVELS)
+        data["visible_count"] = np.concatenate(visible)
     return data
 
 
@@ -232,23 +237,28 @@ def background_loss(model: torch.nn.Module, pred_injected: torch.Tensor, attenti
     return loss, parts
 
 
-def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, float | None]:
-    """Pearson r and MAE of predicted vs true count on whole cached samples."""
+def predict_counts(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> np.ndarray:
+    """The model's count of each whole cached sample (over its counting mask)."""
     from ..pipeline.roi import count_mask
 
+    was_training = model.training
     model.eval()
-    preds, truth = [], []
+    preds = []
     with torch.no_grad():
         for start in range(0, len(data["image"]), batch_size):
             chunk = slice(start, start + batch_size)
             image = torch.from_numpy(stack_channels(data["image"][chunk], data["vesselness"][chunk],
                                                     data["mask"][chunk]))
-            masks = np.stack([count_mask(m, NETWORK_GRID_MM) for m in data["mask"][start:start + batch_size]])
+            masks = np.stack([count_mask(m, NETWORK_GRID_MM) for m in data["mask"][chunk]])
             pred, _ = model(image, torch.from_numpy(masks)[:, None].float())
             preds.append(pred.numpy())
-            truth.append(data["count"][start:start + batch_size])
-    model.train()
-    p, t = np.concatenate(preds), np.concatenate(truth).astype(float)
+    model.train(was_training)
+    return np.concatenate(preds).astype(float)
+
+
+def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, float | None]:
+    """Pearson r and MAE of predicted vs true count on whole cached samples."""
+    p, t = predict_counts(model, data, batch_size), data["count"].astype(float)
     r = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else float("nan")
     empty = round(float(p[t == 0].mean()), 3) if np.any(t == 0) else None
     return {"pearson_r": round(r, 4), "mae": round(float(np.abs(p - t).mean()), 3), "n": len(t),

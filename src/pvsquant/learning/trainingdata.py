@@ -119,6 +119,28 @@ class Sample:
     centres_vox: np.ndarray
     affine: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    visibility: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    """Per PVS centred in the patch and region (labelled or not), its peak partial-volume fraction
+    in the simulated scan's voxels (:func:`peak_partial_volume`)."""
+
+    def visible_counts(self) -> np.ndarray:
+        """How many PVS centred in the patch and region reach each of :data:`VISIBILITY_LEVELS`."""
+        return np.array([(self.visibility >= level).sum() for level in VISIBILITY_LEVELS], np.int32)
+
+
+VISIBILITY_LEVELS = (0.3, 0.5, 0.7)
+"""Peak partial-volume fractions at which a PVS is called visible in the synthetic validation
+(the counting benchmark's bins of recall by visibility): with CSF-bright PVS on tissue at a
+third of that, a fraction of 0.3 lifts a voxel ~0.2 of the CSF level above its surroundings."""
+
+
+def peak_partial_volume(tube: Tube, affine: np.ndarray, shape: tuple[int, ...]) -> float:
+    """The largest fraction of one of the scan's voxels (``affine``, ``shape``: the simulated
+    clinical grid) that a PVS fills: 1 when some voxel is all PVS; a 1 mm tube lying in a 4 mm
+    slice reaches ~0.25. How visible the PVS is to anyone, rater or network (the counting
+    benchmark's measure of the injected PVS)."""
+    occupancy = tube_occupancy([tube], affine, shape, supersample=(2, 2, 8))
+    return float(occupancy.max()) if occupancy.size else 0.0
 
 
 def acquisition_frame(rng: np.random.Generator, max_tilt_deg: float = 12.0) -> tuple[np.ndarray, str]:
@@ -242,9 +264,12 @@ def _region_points(amap: AnatomyMap, region: str | None, lo: np.ndarray, hi: np.
 
 def make_sample(amap: AnatomyMap, region: str, rng: np.random.Generator, settings: Settings = Settings(),
                 patch_shape: tuple[int, int, int] = PATCH_SHAPE, density_per_ml: float | None = None,
-                max_density_per_ml: float = 3.0) -> Sample:
+                max_density_per_ml: float = 3.0, min_visibility: float = 0.0) -> Sample:
     """One synthetic training patch (see the module docstring). Without ``density_per_ml``, the PVS
-    density is 0 (15% of patches) or log-uniform in [0.05, ``max_density_per_ml``] PVS per ml."""
+    density is 0 (15% of patches) or log-uniform in [0.05, ``max_density_per_ml``] PVS per ml.
+    With ``min_visibility``, a PVS is rendered as always but labelled (density, count) only when
+    its peak partial-volume fraction in the simulated scan (:func:`peak_partial_volume`) reaches it:
+    what a rater can see is what is counted."""
     spacing = np.asarray(settings.target_spacing_mm, float)
     region_idx = np.argwhere(amap.regions.array == REGION_CODES[region])
     if len(region_idx) == 0:
@@ -324,12 +349,16 @@ def make_sample(amap: AnatomyMap, region: str, rng: np.random.Generator, setting
     rounded = np.round(vox).astype(int)
     inside = np.all((rounded >= 0) & (rounded < np.asarray(patch_shape)), axis=1)
     inside[inside] = region_mask[tuple(rounded[inside].T)]
-    density = line_density(tubes, box_affine, patch_shape) * count_mask(region_mask, spacing)
+    seen = np.array([peak_partial_volume(tube, clin_affine, clin_shape) for tube in tubes], np.float32)
+    countable = seen >= min_visibility
+    labelled = [tube for tube, keep in zip(tubes, countable, strict=True) if keep]
+    density = line_density(labelled, box_affine, patch_shape) * count_mask(region_mask, spacing)
     meta = {"map": amap.name, "region": region, "plane": plane, "pixel_mm": round(pixel, 3),
             "slice_mm": round(thick, 3), "gap_mm": round(gap, 3), "density_per_ml": round(density_per_ml, 4),
-            "n_rendered": len(tubes), "negatives": kinds}
-    return Sample(normalised, region_mask, density.astype(np.float32), int(inside.sum()), vox[inside],
-                  box_affine, meta)
+            "n_rendered": len(tubes), "negatives": kinds, "min_visibility": min_visibility}
+    counted = inside & countable
+    return Sample(normalised, region_mask, density.astype(np.float32), int(counted.sum()), vox[counted],
+                  box_affine, meta, seen[inside])
 
 
 def sample_rng(seed: int, region: str, index: int) -> np.random.Generator:
@@ -364,29 +393,32 @@ def prepared_map(map_file: Path, cache_dir: Path, settings: Settings) -> Anatomy
 
 
 def _write_shard(args: tuple) -> str:
-    map_files, region, seed, indices, out_file, settings, max_density = args
+    map_files, region, seed, indices, out_file, settings, max_density, min_visibility = args
     maps = [prepared_map(f, Path(out_file).parent, settings) for f in map_files]
-    images, masks, densities, counts, metas = [], [], [], [], []
+    images, masks, densities, counts, visible, metas = [], [], [], [], [], []
     for i in indices:
         rng = sample_rng(seed, region, i)
         amap = maps[int(rng.integers(len(maps)))]
-        s = make_sample(amap, region, rng, settings, max_density_per_ml=max_density)
+        s = make_sample(amap, region, rng, settings, max_density_per_ml=max_density, min_visibility=min_visibility)
         images.append(s.image.astype(np.float16))
         masks.append(s.region_mask)
         densities.append(s.density.astype(np.float16))
         counts.append(s.count)
+        visible.append(s.visible_counts())
         metas.append(s.meta)
     with atomic_file(out_file) as tmp:  # a hidden name ending in .npz: never read as a shard
         np.savez_compressed(tmp, image=np.stack(images), mask=np.stack(masks), density=np.stack(densities),
-                            count=np.array(counts), index=np.array(indices))
+                            count=np.array(counts), visible_count=np.stack(visible), index=np.array(indices))
     return str(out_file)
 
 
 def generate_dataset(map_files: list[Path], region: str, n_samples: int, out_dir: str | Path, seed: int = 0,
                      workers: int = 1, shard_size: int = 50, settings: Settings = Settings(),
-                     progress: bool = True, max_density_per_ml: float = 3.0) -> list[Path]:
+                     progress: bool = True, max_density_per_ml: float = 3.0,
+                     min_visibility: float = 0.0) -> list[Path]:
     """Write ``n_samples`` samples of a region as shards ``<region>_<seed>_<k>.npz``; existing
-    shards are kept (so an interrupted run resumes: keep one cache folder per ``max_density_per_ml``)."""
+    shards are kept (so an interrupted run resumes: keep one cache folder per ``max_density_per_ml`` and
+    ``min_visibility``)."""
     from concurrent.futures import ProcessPoolExecutor
 
     out_dir = Path(out_dir)
@@ -397,7 +429,7 @@ def generate_dataset(map_files: list[Path], region: str, n_samples: int, out_dir
         files.append(f)
         if not f.exists():
             jobs.append((list(map_files), region, seed, list(range(start, min(start + shard_size, n_samples))), f,
-                         settings, max_density_per_ml))
+                         settings, max_density_per_ml, min_visibility))
     if workers > 1 and jobs:  # prepare the maps once, in parallel, before the workers need them
         from concurrent.futures import ProcessPoolExecutor as Pool
 
