@@ -1,6 +1,6 @@
 """Counting on held-out synthetic patches: the shipped GP-Unet and CNN against the Frangi baseline.
 
-    python benchmarks/synthetic_validation.py CACHE/val [--regions R ...] [--out FILE]
+    python benchmarks/synthetic_validation.py CACHE/val [--regions R ...] [--out FILE] [--models DIR]
     python benchmarks/synthetic_validation.py FOLDER --generate [--max-density 8] [--samples 50]
 
 CACHE/val holds the validation shards that ``pvsquant train`` makes (label maps never seen in
@@ -45,8 +45,8 @@ def frangi_counts(data: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def main(val_dir: str, regions: tuple[str, ...] = tuple(REGION_CODES),
-         out: Path = HERE / "results_synthetic_validation.md") -> None:
-    models = load_models()
+         out: Path = HERE / "results_synthetic_validation.md", models_dir: Path | None = None) -> None:
+    models = load_models(models_dir)
     visible_header = "".join(f" r / MAE vs PVS visible at >= {level} |" for level in SHOWN_LEVELS)
     lines = [
         "# Synthetic validation: patch counts on held-out label maps",
@@ -93,10 +93,12 @@ if __name__ == "__main__":
     parser.add_argument("--max-density", type=float, default=8.0, help="as pvsquant train --max-density")
     parser.add_argument("--samples", type=int, default=50, help="patches per region, as pvsquant train --val-samples")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", type=Path, help="folder of <region>_<model>.pt weights (the shipped ones fill "
+                        "the rest)")
     args = parser.parse_args()
     if args.generate:
         maps = default_label_maps()
         for region in args.regions:
             generate_dataset(maps[len(maps) - 2:], region, args.samples, args.val_dir, seed=1000,
                              workers=args.threads, shard_size=25, max_density_per_ml=args.max_density)
-    main(args.val_dir, tuple(args.regions), args.out)
+    main(args.val_dir, tuple(args.regions), args.out, args.models)
