@@ -57,6 +57,7 @@ def main(val_dir: str, regions: tuple[str, ...] = tuple(REGION_CODES),
         "|---|---|---|---|---|---|" + "---|" * len(SHOWN_LEVELS),
     ]
     start = time.perf_counter()
+    ceilings = []
     for region in regions:
         data = load_shards(val_dir, [region])
         truth = data["count"].astype(float)
@@ -75,9 +76,18 @@ def main(val_dir: str, regions: tuple[str, ...] = tuple(REGION_CODES),
                     cells += f" {rv:.3f} / {maev:.2f} |"
             lines.append(f"| {region} | {len(truth)} | {name} | {r:.3f} | {mae:.2f} | {empty} |{cells}")
         if visible is not None:
-            share = ", ".join(f"{visible[:, k].sum() / max(truth.sum(), 1):.2f} at >= {level}"
-                              for k, level in enumerate(VISIBILITY_LEVELS))
-            print(f"{region}: share of the PVS visible {share}")
+            share = " / ".join(f"{visible[:, k].sum() / max(truth.sum(), 1):.2f}"
+                               for k in range(len(VISIBILITY_LEVELS)))
+            ceiling = " / ".join(f"{agreement(visible[:, k].astype(float), truth)[0]:.3f}"
+                                 for k in range(len(VISIBILITY_LEVELS)))
+            ceilings.append(f"| {region} | {share} | {ceiling} |")
+    if ceilings:
+        levels = " / ".join(str(level) for level in VISIBILITY_LEVELS)
+        lines += ["", "How many PVS a counter could see: the share of the PVS centred in the patches whose peak "
+                  "partial-volume fraction reaches each level, and the Pearson r of a perfect counter of those "
+                  "visible PVS against the true count (all PVS): the r that counting what is visible can reach.",
+                  "", f"| region | share visible at {levels} | r of a perfect counter of the visible PVS at {levels} |",
+                  "|---|---|---|", *ceilings]
     lines += ["", f"{time.perf_counter() - start:.0f} s."]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
