@@ -8,7 +8,7 @@ training); ``--generate`` writes them into FOLDER first, exactly as ``pvsquant t
 (the last two label maps, seed 1000 (``--seed`` + 1000 of train), shards of 25), so the patches are
 those of a training run with that ``--max-density``. Per region: Pearson r and MAE of each model's
 patch count against the true number of PVS centres in the patch, and the mean count on the empty
-patches (no PVS; should be ~0). Shards that record how visible each PVS is (pvsquant >= 0.4) also
+patches (no PVS; should be ~0). Shards that record how visible each PVS is (written since 2026-12-07) also
 give r and MAE against the number of *visible* PVS (peak partial-volume fraction in the simulated
 scan's voxels >= 0.3 or 0.5, ``trainingdata.VISIBILITY_LEVELS``): what a rater can count.
 Writes benchmarks/results_synthetic_validation.md (or ``--out``; with ``--regions``, only the

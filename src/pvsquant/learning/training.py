@@ -90,7 +90,7 @@ def load_shards(cache_dir: str | Path, regions: list[str]) -> dict[str, np.ndarr
         with np.load(f) as data:
             for key in parts:
                 parts[key].append(data[key])
-            if "visible_count" in data:  # shards of pvsquant >= 0.4
+            if "visible_count" in data:  # shards written since 2026-12-07
                 visible.append(data["visible_count"])
         sidecar = f.with_name(f.name.replace(".npz", ".vesselness.npy"))
         if not sidecar.exists():  # computed once per shard, then cached beside it
