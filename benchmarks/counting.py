@@ -47,8 +47,8 @@ import numpy as np
 from scipy import ndimage
 
 from pvsquant.demo import inject_pvs, injection_landmarks
-from pvsquant.learning.synthesis import tube_occupancy
-from pvsquant.learning.trainingdata import line_density
+from pvsquant.learning.training import count_agreement
+from pvsquant.learning.trainingdata import line_density, peak_partial_volume
 from pvsquant.pipeline.counting import count_region, load_models
 from pvsquant.pipeline.roi import count_mask, crop_regions
 from pvsquant.pipeline.run import StageTimer, prepare_subject
@@ -166,12 +166,6 @@ def match(new: np.ndarray, tubes: list) -> list[int]:
     return matched
 
 
-def visibility(tube, t2: Volume) -> float:
-    """Peak partial-volume fraction of an injected PVS in the scan's own voxels (1: some voxel is
-    all PVS; a 1 mm tube lying in a 4 mm slice reaches ~0.25): how visible it is to anyone."""
-    return float(tube_occupancy([tube], t2.affine, t2.shape, supersample=(2, 2, 8)).max())
-
-
 def labelled_mass(tubes: list, crop, counted) -> float:
     """What the networks were trained to count for these PVS: each a unit mass along its axis,
     blurred as the training labels are, summed over the counting mask (a PVS that leaves the
@@ -180,11 +174,6 @@ def labelled_mass(tubes: list, crop, counted) -> float:
         return 0.0
     density = line_density(tubes, crop.image.affine, crop.image.shape)
     return float(density[counted.counting_mask > 0].sum())
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    x_, y_ = np.asarray(x, float), np.asarray(y, float)
-    return float(np.corrcoef(x_, y_)[0, 1]) if x_.std() > 0 and y_.std() > 0 else float("nan")
 
 
 def main() -> None:
@@ -231,7 +220,8 @@ def main() -> None:
                     old = np.array([d.xyz for d in clean[region].detections]).reshape(-1, 3)
                     new = not_near(np.array([d.xyz for d in res[region].detections]).reshape(-1, 3), old)
                     matched = set(match(new, centres[region]))
-                    seen = [round(visibility(t, case["t2"]), 3) for t in centres[region]]
+                    seen = [round(peak_partial_volume(t, case["t2"].affine, case["t2"].shape), 3)
+                            for t in centres[region]]
                     rows.append({"scan": scan, "region": region, "n": len(centres[region]), "level": n,
                                  "repeat": rep, "new_detections": len(new), "matched": len(matched),
                                  "labelled": round(labelled_mass(centres[region], crops[region], res[region]), 3),
@@ -257,7 +247,7 @@ def main() -> None:
             slope_visible = float(np.polyfit(n_visible, d, 1)[0]) if np.std(n_visible) > 0 else float("nan")
             slope_labelled = (float(np.polyfit(labelled, d, 1)[0]) if np.all(np.isfinite(labelled))
                               and np.std(labelled) > 0 else float("nan"))
-            out[m] = {"pearson_r": round(pearson(n, d), 3), "slope": round(slope, 3),
+            out[m] = {"pearson_r": round(count_agreement(d, n)[0], 3), "slope": round(slope, 3),
                       "mae": round(float(np.mean(np.abs(np.asarray(d) - np.asarray(n)))), 2),
                       "slope_visible": round(slope_visible, 3), "slope_labelled": round(slope_labelled, 3)}
         injected = sum(n)

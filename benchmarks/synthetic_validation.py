@@ -22,20 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pvsquant.learning.training import load_shards, predict_counts
-from pvsquant.learning.trainingdata import VISIBILITY_LEVELS, default_label_maps, generate_dataset
+from pvsquant.learning.training import count_agreement, load_shards, predict_counts
+from pvsquant.learning.trainingdata import VISIBILITY_LEVELS, default_label_maps, generate_validation_dataset
 from pvsquant.pipeline.counting import load_models
 from pvsquant.pipeline.frangi import count_frangi
 from pvsquant.types import REGION_CODES, Settings
 
 HERE = Path(__file__).resolve().parent
 SHOWN_LEVELS = VISIBILITY_LEVELS[:2]
-
-
-def agreement(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Pearson r and mean absolute error."""
-    r = float(np.corrcoef(pred, truth)[0, 1]) if pred.std() > 0 and truth.std() > 0 else float("nan")
-    return r, float(np.abs(pred - truth).mean())
 
 
 def frangi_counts(data: dict[str, np.ndarray]) -> np.ndarray:
@@ -65,20 +59,20 @@ def main(val_dir: str, regions: tuple[str, ...] = tuple(REGION_CODES),
         preds = {name: predict_counts(models[(region, name)].network, data) for name in ("gpunet", "cnn")}
         preds["frangi"] = frangi_counts(data)
         for name, pred in preds.items():
-            r, mae = agreement(pred, truth)
+            r, mae = count_agreement(pred, truth)
             empty = f"{pred[truth == 0].mean():.3f} ({int((truth == 0).sum())})" if np.any(truth == 0) else "-"
             cells = ""
             for k in range(len(SHOWN_LEVELS)):
                 if visible is None:
                     cells += " - |"
                 else:
-                    rv, maev = agreement(pred, visible[:, k].astype(float))
+                    rv, maev = count_agreement(pred, visible[:, k])
                     cells += f" {rv:.3f} / {maev:.2f} |"
             lines.append(f"| {region} | {len(truth)} | {name} | {r:.3f} | {mae:.2f} | {empty} |{cells}")
         if visible is not None:
             share = " / ".join(f"{visible[:, k].sum() / max(truth.sum(), 1):.2f}"
                                for k in range(len(VISIBILITY_LEVELS)))
-            ceiling = " / ".join(f"{agreement(visible[:, k].astype(float), truth)[0]:.3f}"
+            ceiling = " / ".join(f"{count_agreement(visible[:, k], truth)[0]:.3f}"
                                  for k in range(len(VISIBILITY_LEVELS)))
             ceilings.append(f"| {region} | {share} | {ceiling} |")
     if ceilings:
@@ -109,6 +103,6 @@ if __name__ == "__main__":
     if args.generate:
         maps = default_label_maps()
         for region in args.regions:
-            generate_dataset(maps[len(maps) - 2:], region, args.samples, args.val_dir, seed=1000,
-                             workers=args.threads, shard_size=25, max_density_per_ml=args.max_density)
+            generate_validation_dataset(maps, region, args.samples, args.val_dir, workers=args.threads,
+                                        max_density_per_ml=args.max_density)
     main(args.val_dir, tuple(args.regions), args.out, args.models)

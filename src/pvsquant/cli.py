@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_command(args: argparse.Namespace) -> int:
     """pvsquant train: cache synthetic samples (resumable), then train (resumable)."""
     from .learning.training import TrainSettings, train
-    from .learning.trainingdata import default_label_maps, generate_dataset
+    from .learning.trainingdata import default_label_maps, generate_dataset, generate_validation_dataset
 
     for path in (p for pair in args.background or [] for p in pair):
         if not path.is_file():
@@ -258,9 +258,9 @@ def train_command(args: argparse.Namespace) -> int:
         generate_dataset(maps[: len(maps) - args.val_maps], region, args.samples, cache / "train", seed=args.seed,
                          workers=args.threads, max_density_per_ml=args.max_density,
                          min_visibility=args.min_visibility)
-        generate_dataset(maps[len(maps) - args.val_maps:], region, args.val_samples, cache / "val",
-                         seed=args.seed + 1000, workers=args.threads, shard_size=25,
-                         max_density_per_ml=args.max_density, min_visibility=args.min_visibility)
+        generate_validation_dataset(maps, region, args.val_samples, cache / "val", seed=args.seed,
+                                    val_maps=args.val_maps, workers=args.threads, max_density_per_ml=args.max_density,
+                                    min_visibility=args.min_visibility)
     real_dir = None
     if args.background:
         from .learning.backgrounds import background_file, generate_background_dataset, prepare_background

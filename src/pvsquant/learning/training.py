@@ -27,9 +27,11 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch.nn import functional as F
 
 from .. import __version__
+from ..cohort.stats import pearson
 from ..io import atomic_file
 from ..models import build_model, save_weights
 from ..types import REGION_CODES, Settings
@@ -256,12 +258,19 @@ def predict_counts(model: torch.nn.Module, data: dict[str, np.ndarray], batch_si
     return np.concatenate(preds).astype(float)
 
 
+def count_agreement(pred: ArrayLike, truth: ArrayLike) -> tuple[float, float]:
+    """Pearson r (:func:`pvsquant.cohort.stats.pearson`: NaN when either side is constant or there
+    are fewer than 3) and mean absolute error of counts."""
+    p, t = np.asarray(pred, float), np.asarray(truth, float)
+    return pearson(p, t)[0], float(np.abs(p - t).mean())
+
+
 def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, float | None]:
     """Pearson r and MAE of predicted vs true count on whole cached samples."""
     p, t = predict_counts(model, data, batch_size), data["count"].astype(float)
-    r = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else float("nan")
+    r, mae = count_agreement(p, t)
     empty = round(float(p[t == 0].mean()), 3) if np.any(t == 0) else None
-    return {"pearson_r": round(r, 4), "mae": round(float(np.abs(p - t).mean()), 3), "n": len(t),
+    return {"pearson_r": round(r, 4), "mae": round(mae, 3), "n": len(t),
             "mean_pred": round(float(p.mean()), 3), "mean_true": round(float(t.mean()), 3),
             "mean_pred_when_empty": empty}
 

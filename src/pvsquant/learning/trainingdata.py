@@ -412,6 +412,20 @@ def _write_shard(args: tuple) -> str:
     return str(out_file)
 
 
+VALIDATION_SEED_OFFSET = 1000
+"""The validation patches of a run with ``--seed S`` are drawn with seed S + this (other maps too)."""
+
+
+def generate_validation_dataset(map_files: list[Path], region: str, n_samples: int, out_dir: str | Path,
+                                seed: int = 0, val_maps: int = 2, workers: int = 1,
+                                max_density_per_ml: float = 3.0, min_visibility: float = 0.0) -> list[Path]:
+    """The held-out patches of ``pvsquant train``: the last ``val_maps`` label maps, seed
+    ``seed + VALIDATION_SEED_OFFSET``, shards of 25 (the rest of the maps are for training)."""
+    return generate_dataset(map_files[len(map_files) - val_maps:], region, n_samples, out_dir,
+                            seed=seed + VALIDATION_SEED_OFFSET, workers=workers, shard_size=25,
+                            max_density_per_ml=max_density_per_ml, min_visibility=min_visibility)
+
+
 def generate_dataset(map_files: list[Path], region: str, n_samples: int, out_dir: str | Path, seed: int = 0,
                      workers: int = 1, shard_size: int = 50, settings: Settings = Settings(),
                      progress: bool = True, max_density_per_ml: float = 3.0,
